@@ -1,0 +1,63 @@
+"""The `refsav` command. Subcommands are imported only when used, so that
+`refsav --help` stays fast and a command never pays for torch it does not need."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> "module:attribute"; each package owns its own commands.
+COMMANDS = {
+    "sample": ("pipelines.sample", "sample_command", "Generate a synthetic SA-V sample and its Ref-SAV benchmark split."),
+    "validate": ("pipelines.validate", "validate_command", "Check SA-V, Ref-SAV, benchmark, Parquet and mp4 files."),
+    "schema": ("pipelines.cli_schema", "schema_command", "Export the submission formats as JSON Schema."),
+    "demo": ("pipelines.demo", "demo_command", "Run the end-to-end demo on generated data."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Describe commands from the table above instead of importing every module.
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="refsav")
+def cli() -> None:
+    """refsav: build referring video datasets, score referring segmentation, run Sa2VA."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input becomes a one-line error and exit code 2, never a traceback."""
+    from schemas.errors import SchemaError
+
+    try:
+        cli.main(args=argv, prog_name="refsav", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except SchemaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""One error type for every bad input, formatted as a single line that says where.
+
+Readers raise `SchemaError` with as much location as they know; callers that know
+more (the file name, the row) add it with `.at(...)` and re-raise, so the message a
+user finally sees is `file: record: field: what is wrong`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str | None = None
+    record: str | None = None
+    field: str | None = None
+
+    def merged(self, outer: "Location") -> "Location":
+        # The inner (more specific) location wins; the outer one fills the gaps.
+        return Location(
+            file=self.file or outer.file,
+            record=self.record or outer.record,
+            field=self.field or outer.field,
+        )
+
+    def __str__(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(self.file)
+        if self.record:
+            parts.append(f"record {self.record}")
+        if self.field:
+            parts.append(f"field '{self.field}'")
+        return ": ".join(parts)
+
+
+class SchemaError(ValueError):
+    """Bad input data. `str(err)` is one line naming file, record and field."""
+
+    def __init__(self, message: str, *, file=None, record=None, field=None):
+        self.message = " ".join(str(message).split())  # always a single line
+        self.location = Location(
+            file=str(file) if file is not None else None,
+            record=str(record) if record is not None else None,
+            field=field,
+        )
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = str(self.location)
+        return f"{where}: {self.message}" if where else self.message
+
+    def at(self, *, file=None, record=None, field=None) -> "SchemaError":
+        """Return a copy with missing location parts filled in."""
+        outer = Location(
+            file=str(file) if file is not None else None,
+            record=str(record) if record is not None else None,
+            field=field,
+        )
+        err = SchemaError(self.message)
+        err.location = self.location.merged(outer)
+        err.args = (str(err),)
+        return err
+
+
+def nested_field(prefix: str, err: SchemaError) -> str:
+    """Field path of an error raised inside a nested value, e.g. `rles[3].size`."""
+    inner = err.location.field
+    if not inner:
+        return prefix
+    return f"{prefix}{inner}" if inner.startswith("[") else f"{prefix}.{inner}"
+
+
+__all__ = ["Location", "SchemaError", "nested_field"]
