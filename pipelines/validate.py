@@ -89,5 +89,5 @@ def validate_command(paths: tuple[Path, ...], parquet_kind: str, as_json: bool) 
 
 def _checkable(path: Path) -> bool:
     return path.suffix in (".mp4", ".parquet") or path.name.endswith(("_manual.json", "_auto.json")) or (
-        path.suffix == ".json" and (path.name.startswith(("meta_expressions", "mask_dict")))
+        path.suffix == ".json" and (path.name.startswith(("meta_expressions", "mask_dict")) or "ref-sav" in path.name.lower())
     )
