@@ -13,6 +13,8 @@ COMMANDS = {
     "validate": ("pipelines.validate", "validate_command", "Check SA-V, Ref-SAV, benchmark, Parquet and mp4 files."),
     "schema": ("pipelines.cli_schema", "schema_command", "Export the submission formats as JSON Schema."),
     "demo": ("pipelines.demo", "demo_command", "Run the end-to-end demo on generated data."),
+    "score": ("benchmark.cli", "score_command", "Score predictions with an official protocol (J, F, J&F ...)."),
+    "leaderboard": ("benchmark.cli", "leaderboard_command", "Render a leaderboard: Markdown, HTML, JSON, charts."),
 }
 
 

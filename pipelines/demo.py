@@ -1,7 +1,8 @@
 """`refsav demo`: the whole toolkit on generated data, offline, in a few minutes.
 
 Stages that exist today run for real; the demo grows as capabilities land
-(annotate, export, predict, score, leaderboard).
+(annotate, export, predict). Until `refsav predict` exists, the submissions it
+scores are reference baselines derived from the ground truth, and it says so.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import click
 
 from schemas.media import check_frame_count, probe_video
 from schemas.refsav_json import read_refsav_json
-from schemas.refvos import read_mask_dict, read_meta_expressions
+from schemas.refvos import read_meta_expressions
 from schemas.sav import read_sav_json
 
 from .sample import CHUNK, EVAL, SampleConfig, write_sample
@@ -24,23 +25,44 @@ from .sample import CHUNK, EVAL, SampleConfig, write_sample
 @click.option("--seed", default=0, show_default=True, type=int)
 def demo_command(out: Path, videos: int, seed: int) -> None:
     """Generate a synthetic SA-V sample and run every available stage on it."""
+    from benchmark.baselines import KINDS, write_baseline
+    from benchmark.cli import leaderboard_command, score_command
+    from benchmark.inputs import RefVosGroundTruth
+
     start = time.perf_counter()
     sample_dir = out / "sample"
-    click.echo(f"[1/2] sample: generating {videos} synthetic SA-V videos in {sample_dir}")
+    gt_dir = sample_dir / EVAL
+    click.echo(f"[1/4] sample: generating {videos} synthetic SA-V videos in {sample_dir}")
     write_sample(sample_dir, SampleConfig(videos=videos, seed=seed))
 
-    click.echo("[2/2] validate: reading everything back through refsav's schemas")
+    click.echo("[2/4] validate: reading everything back through refsav's schemas")
     n_masklets = 0
     for ann_path in sorted((sample_dir / CHUNK).glob("*_manual.json")):
         ann = read_sav_json(ann_path)
         check_frame_count(probe_video(ann.video.path), len(ann.masklets[0].rles), file=str(ann_path))
         n_masklets += len(ann.masklets)
     training = read_refsav_json(sample_dir / "Ref-SAV.json")
-    meta = read_meta_expressions(sample_dir / EVAL / "meta_expressions_valid.json")
-    masks = read_mask_dict(sample_dir / EVAL / "mask_dict.json")
-    n_exp = sum(len(v.expressions) for v in meta)
-    click.echo(f"      {len(training)} videos, {n_masklets} masklets, {n_exp} benchmark expressions, {len(masks)} GT masklets")
+    meta = read_meta_expressions(gt_dir / "meta_expressions_valid.json")
     example = meta[0].expressions[0]
+    click.echo(f"      {len(training)} videos, {n_masklets} masklets, {sum(len(v.expressions) for v in meta)} benchmark expressions")
     click.echo(f"      e.g. {meta[0].video_id} #{example.exp_id}: \"{example.exp}\"")
-    click.echo("      not yet available in this version: annotate, export, predict, score, leaderboard")
-    click.echo(f"done in {time.perf_counter() - start:.1f} s; outputs in {out}")
+
+    click.echo("[3/4] score: NOTE no model has run (refsav predict is not available yet); scoring three")
+    click.echo("      reference submissions made from the ground truth: perfect, noisy (shifted/eroded), empty")
+    gt = RefVosGroundTruth.load(gt_dir)
+    db = out / "leaderboard.sqlite"
+    if db.exists():
+        db.unlink()  # a rerun starts a fresh board instead of stacking duplicates
+    for kind in KINDS:
+        pred = out / "predictions" / kind / "results.json"
+        write_baseline(gt, pred, kind, seed=seed)
+        score_command.main(
+            ["--protocol", "refsav", "--gt", str(gt_dir), "--pred", str(pred), "--out", str(out / "scores" / kind),
+             "--db", str(db), "--name", f"baseline-{kind}", "--benchmark", "ref-sav-synthetic"],
+            standalone_mode=False,
+        )
+
+    click.echo(f"[4/4] leaderboard: rendering {db}")
+    leaderboard_command.main(["--db", str(db), "--out", str(out / "leaderboard")], standalone_mode=False)
+    click.echo("      not yet available in this version: annotate, export, predict")
+    click.echo(f"done in {time.perf_counter() - start:.1f} s; open {out / 'leaderboard' / 'leaderboard.html'}")
