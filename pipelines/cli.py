@@ -7,15 +7,23 @@ import sys
 
 import click
 
-# name -> "module:attribute"; each package owns its own commands.
-COMMANDS = {
-    "sample": ("pipelines.sample", "sample_command", "Generate a synthetic SA-V sample and its Ref-SAV benchmark split."),
-    "validate": ("pipelines.validate", "validate_command", "Check SA-V, Ref-SAV, benchmark, Parquet and mp4 files."),
-    "schema": ("pipelines.cli_schema", "schema_command", "Export the submission formats as JSON Schema."),
-    "demo": ("pipelines.demo", "demo_command", "Run the end-to-end demo on generated data."),
-    "score": ("benchmark.cli", "score_command", "Score predictions with an official protocol (J, F, J&F ...)."),
-    "leaderboard": ("benchmark.cli", "leaderboard_command", "Render a leaderboard: Markdown, HTML, JSON, charts."),
+# name -> (module, attribute, help line); each package owns its own commands.
+# Commands are listed in --help by capability, in this order.
+SECTIONS = {
+    "Data": {
+        "sample": ("pipelines.sample", "sample_command", "Generate a synthetic SA-V sample and its Ref-SAV benchmark split."),
+        "validate": ("pipelines.validate", "validate_command", "Check SA-V, Ref-SAV, benchmark, Parquet and mp4 files."),
+        "schema": ("pipelines.cli_schema", "schema_command", "Export the submission formats as JSON Schema."),
+    },
+    "Scoring": {
+        "score": ("benchmark.cli", "score_command", "Score predictions with an official protocol (J, F, J&F ...)."),
+        "leaderboard": ("benchmark.cli", "leaderboard_command", "Render a leaderboard: Markdown, HTML, JSON, charts."),
+    },
+    "End to end": {
+        "demo": ("pipelines.demo", "demo_command", "Run the end-to-end demo on generated data."),
+    },
 }
+COMMANDS = {name: spec for section in SECTIONS.values() for name, spec in section.items()}
 
 
 class LazyGroup(click.Group):
@@ -30,9 +38,9 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Describe commands from the table above instead of importing every module.
-        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        for title, commands in SECTIONS.items():
+            with formatter.section(title):
+                formatter.write_dl([(name, spec[2]) for name, spec in commands.items()])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
