@@ -130,7 +130,7 @@ def j_per_frame(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None
     # them (cv2.countNonZero is several times faster than numpy reductions).
     rows_p, rows_g = p.any(axis=2), g.any(axis=2)
     for i in range(t):
-        yp, yg = np.flatnonzero(rows_p[i]), np.flatnonzero(rows_g[i])
+        yp, yg = rows_p[i].nonzero()[0], rows_g[i].nonzero()[0]
         n_p = cv2.countNonZero(p[i, yp[0] : yp[-1] + 1].view(np.uint8)) if yp.size else 0
         n_g = cv2.countNonZero(g[i, yg[0] : yg[-1] + 1].view(np.uint8)) if yg.size else 0
         n_i = 0
@@ -241,8 +241,8 @@ def _column_mask(nw: int, lo: int, hi: int) -> np.ndarray:
 def _bit_positions(bits: np.ndarray) -> np.ndarray:
     """Packed (..., nw) uint64 map -> sorted int64 linear pixel indices of its set bits."""
     flat = bits.view(np.uint8).reshape(-1)
-    nz = np.flatnonzero(flat != 0)  # nonzero() is much faster on bool than on uint8
-    k = np.flatnonzero(np.unpackbits(flat[nz], bitorder="little").view(bool))
+    nz = (flat != 0).nonzero()[0]  # nonzero() is much faster on bool than on uint8
+    k = np.unpackbits(flat[nz], bitorder="little").view(bool).nonzero()[0]
     return nz[k >> 3] * 8 + (k & 7)
 
 
@@ -307,7 +307,7 @@ def _match_counts_integral(bits: np.ndarray, r: int) -> tuple[int, int]:
     # tries the remaining rectangles.
     rects = _disk_rectangles(r)
     matched = _any_in_windows(ii, base, wi, rects[:1])[:, 0]
-    rest = np.flatnonzero(~matched)
+    rest = (~matched).nonzero()[0]
     if rest.size and len(rects) > 1:
         rest = rest[_any_in_windows(ii, base[rest], wi, ((r, r),))[:, 0]]
         if rest.size:
@@ -346,10 +346,12 @@ def _f_from_counts(n_p: int, n_g: int, m_p: int, m_g: int) -> float:
 def _runs(occupied: np.ndarray, min_gap: int) -> list[tuple[int, int]]:
     """Inclusive (start, end) runs of True in a 1-D bool array, merging runs whose
     occupied indices are less than ``min_gap`` apart."""
-    idx = np.flatnonzero(occupied)
+    idx = occupied.nonzero()[0]
     if idx.size == 0:
         return []
-    cuts = np.flatnonzero(np.diff(idx) >= min_gap)
+    if idx[-1] - idx[0] < min_gap or idx[-1] - idx[0] + 1 == idx.size:  # common: no gap
+        return [(int(idx[0]), int(idx[-1]))]
+    cuts = ((idx[1:] - idx[:-1]) >= min_gap).nonzero()[0]
     starts = [int(idx[0])] + [int(v) for v in idx[cuts + 1]]
     ends = [int(v) for v in idx[cuts]] + [int(idx[-1])]
     return list(zip(starts, ends))
@@ -373,7 +375,7 @@ def _pieces(pred: np.ndarray, gt: np.ndarray, rows: np.ndarray, reach: int):
             continue
         for x0, x1 in col_runs:
             sub = pred[y0 : y1 + 1, x0 : x1 + 1].any(axis=1) | gt[y0 : y1 + 1, x0 : x1 + 1].any(axis=1)
-            ys = np.flatnonzero(sub)
+            ys = sub.nonzero()[0]
             boxes.append((y0 + int(ys[0]), y0 + int(ys[-1]), x0, x1))
     return boxes
 
@@ -414,7 +416,7 @@ def boundary_counts(
         n_p, n_g = int(n[0]), int(n[1])
         if n_p == 0 or n_g == 0:
             m_p = m_g = 0  # nothing to match against in this part
-        elif np.array_equal(bits[0], bits[1]):
+        elif (bits[0] == bits[1]).all():
             m_p, m_g = n_p, n_g
         elif footprint is None:
             m_p, m_g = _match_counts_integral(bits, pad)
