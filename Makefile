@@ -11,7 +11,7 @@ export PIP_CONSTRAINT := $(abspath constraints.txt)
 export HF_HUB_OFFLINE ?= 1
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test clean
+.PHONY: install demo test perf clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Speed benchmarks; each rewrites its own section of perf/README.md.
+perf: $(BIN)/.installed
+	$(BIN)/python perf/bench_scoring.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
