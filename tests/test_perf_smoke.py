@@ -1,0 +1,32 @@
+"""Smoke test of the scoring benchmark: it runs, and oracle and production agree.
+
+Timing targets live in the benchmark itself; a test on a shared machine must not
+depend on how fast it is.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "perf" / "README.md"
+
+
+def test_bench_scoring_quick_runs_and_parity_holds():
+    readme_before = README.read_bytes() if README.exists() else None
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "perf" / "bench_scoring.py"), "--quick"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = re.search(r"^parity: max \|Δ\| = (\S+)", proc.stdout, re.MULTILINE)
+    assert found, proc.stdout
+    assert float(found.group(1)) <= 1e-9, found.group(0)
+    # --quick is for smoke runs; only the full run may rewrite the published figures.
+    assert (README.read_bytes() if README.exists() else None) == readme_before
