@@ -14,7 +14,7 @@ from schemas.io import atomic_write_json
 from schemas.scores import LeaderboardEntry
 from schemas.version import __version__
 
-from .inputs import submission_sha256
+from .inputs import find_meta, submission_sha256
 from .protocols import VIDEO_PROTOCOLS, get_video_protocol
 from .score import VideoScoreReport, score_refvos
 
@@ -107,9 +107,7 @@ def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_nam
 
 
 def _meta_path(gt: Path, meta_name: str | None) -> Path:
-    from .inputs import _find_meta
-
-    return gt / meta_name if meta_name else _find_meta(gt)
+    return gt / meta_name if meta_name else find_meta(gt)
 
 
 @click.command("leaderboard")

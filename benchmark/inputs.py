@@ -57,7 +57,7 @@ class RefVosGroundTruth:
     @classmethod
     def load(cls, root: str | os.PathLike, meta_name: str | None = None) -> "RefVosGroundTruth":
         root = Path(root)
-        meta_path = root / meta_name if meta_name else _find_meta(root)
+        meta_path = root / meta_name if meta_name else find_meta(root)
         gt = cls(read_meta_expressions(meta_path), read_mask_dict(root / "mask_dict.json"))
         fg_path = root / "mask_dict_foreground.json"
         if fg_path.exists():
@@ -104,7 +104,7 @@ class RefVosGroundTruth:
         return out
 
 
-def _find_meta(root: Path) -> Path:
+def find_meta(root: Path) -> Path:
     for name in ("meta_expressions_valid.json", "meta_expressions.json", "meta_expressions_valid_.json"):
         if (root / name).exists():
             return root / name
