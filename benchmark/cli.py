@@ -71,7 +71,7 @@ def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_nam
         "submission": str(pred),
         "submission_sha256": sha,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **{k: v for k, v in report.totals.items()},
+        **report.totals,
         "subsets": report.subsets,
         "validation": {"problems": len(report.issues), "by_kind": dict(kinds), "issues": [asdict(i) for i in report.issues]},
         "expressions": [asdict(s) for s in report.expressions],

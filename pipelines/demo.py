@@ -39,7 +39,7 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
     n_masklets = 0
     for ann_path in sorted((sample_dir / CHUNK).glob("*_manual.json")):
         ann = read_sav_json(ann_path)
-        check_frame_count(probe_video(ann.video.path), len(ann.masklets[0].rles), file=str(ann_path))
+        check_frame_count(probe_video(ann.video.path), len(ann.video.annotated_frames), file=str(ann_path))
         n_masklets += len(ann.masklets)
     training = read_refsav_json(sample_dir / "Ref-SAV.json")
     meta = read_meta_expressions(gt_dir / "meta_expressions_valid.json")

@@ -35,9 +35,10 @@ def validate_path(path: Path, parquet_kind: str = "expression") -> str:
         return f"{v.num_frames} frames, {v.width}x{v.height} @ {v.fps:g} fps"
     if name.endswith(("_manual.json", "_auto.json")):
         ann = read_sav_json(path)
-        summary = f"{len(ann.masklets)} masklets over {len(ann.masklets[0].rles) if ann.masklets else 0} annotated frames"
+        annotated = len(ann.video.annotated_frames)  # the reader checked the masklets have this many
+        summary = f"{len(ann.masklets)} masklets over {annotated} annotated frames"
         if os.path.exists(ann.video.path):
-            check_frame_count(probe_video(ann.video.path), len(ann.masklets[0].rles) if ann.masklets else 0, file=str(path))
+            check_frame_count(probe_video(ann.video.path), annotated, file=str(path))
             summary += ", matches its mp4"
         return summary
     if path.suffix == ".parquet":

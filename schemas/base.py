@@ -82,9 +82,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             try:
                 return tp.from_json(value)
             except SchemaError as err:
-                raise err.at(field=path) if not err.location.field else SchemaError(
-                    err.message, field=f"{path}.{err.location.field}"
-                ) from None
+                raise err.within(path) from None
         return _build(tp, value, path)
     if origin in (list, tuple):
         value = _listify(value)

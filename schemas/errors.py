@@ -62,13 +62,15 @@ class SchemaError(ValueError):
         err.args = (str(err),)
         return err
 
+    def within(self, prefix: str, *, file=None, record=None) -> "SchemaError":
+        """Re-locate an error raised inside a nested value: field `size` under
+        prefix `rles[3]` becomes `rles[3].size`."""
+        inner = self.location.field
+        field = prefix if not inner else f"{prefix}{inner}" if inner.startswith("[") else f"{prefix}.{inner}"
+        err = SchemaError(self.message, file=file, record=record, field=field)
+        err.location = err.location.merged(self.location)
+        err.args = (str(err),)
+        return err
 
-def nested_field(prefix: str, err: SchemaError) -> str:
-    """Field path of an error raised inside a nested value, e.g. `rles[3].size`."""
-    inner = err.location.field
-    if not inner:
-        return prefix
-    return f"{prefix}{inner}" if inner.startswith("[") else f"{prefix}.{inner}"
 
-
-__all__ = ["Location", "SchemaError", "nested_field"]
+__all__ = ["Location", "SchemaError"]

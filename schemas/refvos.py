@@ -122,7 +122,7 @@ def read_mask_dict(path: str | os.PathLike) -> dict[str, list[Rle | None]]:
             try:
                 masks.append(None if r is None else Rle.from_json(r))
             except SchemaError as err:
-                raise SchemaError(err.message, file=path, record=anno_id, field=f"[{t}].{err.location.field or 'counts'}") from None
+                raise err.within(f"[{t}]", file=path, record=anno_id) from None
         out[str(anno_id)] = masks
     return out
 

@@ -98,8 +98,7 @@ def sav_from_json(obj: Any, video_path: str = "") -> SavAnnotation:
             try:
                 columns[j].append(Rle.from_json(entry, expected_size=(height, width)))
             except SchemaError as err:
-                sub = err.location.field or "counts"
-                raise SchemaError(err.message, field=f"masklet[{t}][{j}].{sub}") from None
+                raise err.within(f"masklet[{t}][{j}]") from None
 
     types = obj.get("masklet_type") or ["manual"] * len(ids)
     frame_indices = [t * SAV_STRIDE for t in range(len(frames))]

@@ -131,6 +131,6 @@ class Masklet(Record):
             try:
                 Rle.from_json(r, expected_size=expected or tuple(self.rles[0].size))
             except SchemaError as err:
-                raise SchemaError(err.message, field=f"rles[{i}].{err.location.field or 'counts'}") from None
+                raise err.within(f"rles[{i}]") from None
         if self.masklet_type not in ("manual", "auto"):
             raise SchemaError(f"must be 'manual' or 'auto', got {self.masklet_type!r}", field="masklet_type")
