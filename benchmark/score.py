@@ -128,9 +128,8 @@ def score_refvos(
     ids = [v.video_id for v in gt.videos]
     scores: list[ExpressionScore] = []
     if workers <= 1:
-        _STATE.update(gt=gt, pred=pred)
-        for vid in ids:
-            s, i = _score_video_ids(protocol, [vid])
+        for video in gt.videos:
+            s, i = score_video(gt, pred, video, protocol)
             scores += s
             issues += i
             if on_video:
