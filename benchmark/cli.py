@@ -16,14 +16,15 @@ from schemas.version import __version__
 
 from .inputs import find_meta, submission_sha256
 from .protocols import VIDEO_PROTOCOLS, get_video_protocol
-from .score import VideoScoreReport, score_refvos
+from .report import ScoreReport
+from .score import score_refvos
 
 
 def _fmt(v: float) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
-def _print_table(report: VideoScoreReport) -> None:
+def _print_table(report: ScoreReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -33,7 +34,7 @@ def _print_table(report: VideoScoreReport) -> None:
     for k in keys:
         table.add_column(k, justify="right")
     for name, values in report.subsets.items():
-        n = sum(1 for s in report.expressions if s.subset == name)
+        n = sum(1 for s in report.items if s.subset == name)
         table.add_row(f"{name} ({n})", *[_fmt(values.get(k)) for k in keys])
     table.add_row("overall", *[_fmt(report.totals.get(k)) for k in keys], style="bold")
     Console().print(table)
@@ -74,7 +75,7 @@ def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_nam
         **report.totals,
         "subsets": report.subsets,
         "validation": {"problems": len(report.issues), "by_kind": dict(kinds), "issues": [asdict(i) for i in report.issues]},
-        "expressions": [asdict(s) for s in report.expressions],
+        report.item_kind: [asdict(s) for s in report.items],
     }
     atomic_write_json(out / "scores.json", payload, indent=1)
     _print_table(report)
@@ -91,7 +92,7 @@ def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_nam
             protocol=proto.name,
             name=name or pred.stem,
             metrics=metrics,
-            primary_metric="J&F",
+            primary_metric=report.primary_metric,
             submission_sha256=sha,
             scorer_version=__version__,
             created_at=payload["created_at"],

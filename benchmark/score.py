@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from .inputs import Issue, PredictionSet, RefVosGroundTruth, load_predictions
 from .metrics import f_per_frame, j_per_frame, revos_accuracy, revos_robustness
 from .protocols import VideoProtocol
+from .report import ScoreReport
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,6 @@ class ExpressionScore:
     missing: bool  # no prediction: scored 0 as the official scripts do
 
 
-@dataclass(frozen=True)
-class VideoScoreReport:
-    protocol: str
-    totals: dict[str, float]  # J, F, J&F (+ A, R) overall
-    subsets: dict[str, dict[str, float]]
-    expressions: list[ExpressionScore]
-    issues: list[Issue] = field(default_factory=list)
 
 
 # Worker state: loaded once per process, then reused for every video it scores.
@@ -120,7 +114,7 @@ def score_refvos(
     meta_name: str | None = None,
     workers: int = 1,
     on_video: Callable[[int], None] | None = None,
-) -> VideoScoreReport:
+) -> ScoreReport:
     """Score a submission against a meta_expressions + mask_dict ground truth."""
     gt = RefVosGroundTruth.load(gt_root, meta_name)
     pred = load_predictions(pred_path)
@@ -145,7 +139,7 @@ def score_refvos(
     order = {(v.video_id, e.exp_id): n for n, (v, e) in enumerate((v, e) for v in gt.videos for e in v.expressions)}
     scores.sort(key=lambda s: order[(s.video_id, s.exp_id)])
     totals, subsets = aggregate(protocol, scores)
-    return VideoScoreReport(protocol.name, totals, subsets, scores, issues)
+    return ScoreReport(protocol.name, "J&F", totals, subsets, scores, issues)
 
 
 def _coverage_issues(gt: RefVosGroundTruth, pred: PredictionSet) -> list[Issue]:

@@ -253,10 +253,10 @@ def time_engine(res: SizeResult, gt_dir: Path, expected: dict, workers: int) -> 
     t0 = time.perf_counter()
     report = score_refvos(gt_dir, gt_dir / "results.json", VIDEO_PROTOCOLS["refsav"], workers=workers)
     res.engine[workers] = time.perf_counter() - t0
-    if report.issues or len(report.expressions) != len(expected):
+    if report.issues or len(report.items) != len(expected):
         raise SystemExit(f"engine saw a malformed workload: {len(report.issues)} issues, e.g. {report.issues[:1]}")
     # refsav rounds x100 values to 2 decimals per expression; the same floats must come out.
-    for s in report.expressions:
+    for s in report.items:
         j, f = expected[(s.video_id, s.exp_id)]
         if s.metrics["J"] != round(j * 100, 2) or s.metrics["F"] != round(f * 100, 2):
             res.engine_mismatches += 1

@@ -118,7 +118,7 @@ def test_bad_submission_problems_are_reported_and_scored_as_official(bench, tmp_
     report = score_refvos(gt_dir, tmp_path / "png", VIDEO_PROTOCOLS["refsav"])
     kinds = {i.kind for i in report.issues}
     assert {"missing_video", "missing_expression", "extra_video", "missing_frame", "wrong_size", "corrupt_file", "non_binary"} <= kinds
-    missing = [s for s in report.expressions if s.missing]
+    missing = [s for s in report.items if s.missing]
     assert len(missing) == len(v1.expressions) + 1
     assert all(s.metrics == {"J": 0.0, "F": 0.0, "A": 0.0} for s in missing)
     assert report.totals["J&F"] < 100.0
