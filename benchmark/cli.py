@@ -20,53 +20,132 @@ from .report import ScoreReport
 from .score import score_refvos
 
 
-def _fmt(v: float) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+MAX_TABLE_ROWS = 40
 
 
 def _print_table(report: ScoreReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keys = ["J&F", "J", "F"] + [m for m in ("A", "R") if m in report.totals]
+    keys = [report.primary_metric] + [k for k in report.totals if k != report.primary_metric]
     table = Table(title=f"refsav score — protocol {report.protocol}")
     table.add_column("subset")
     for k in keys:
         table.add_column(k, justify="right")
-    for name, values in report.subsets.items():
-        n = sum(1 for s in report.items if s.subset == name)
-        table.add_row(f"{name} ({n})", *[_fmt(values.get(k)) for k in keys])
+    names = list(report.subsets)
+    for name in names[:MAX_TABLE_ROWS]:
+        values = report.subsets[name]
+        n = sum(1 for s in report.items if getattr(s, "subset", None) == name)
+        table.add_row(f"{name} ({n})" if n else name, *[_fmt(values.get(k)) for k in keys])
+    if len(names) > MAX_TABLE_ROWS:
+        table.add_row(f"... {len(names) - MAX_TABLE_ROWS} more in scores.json", *[""] * len(keys))
     table.add_row("overall", *[_fmt(report.totals.get(k)) for k in keys], style="bold")
     Console().print(table)
 
 
+def _family(protocol: str) -> str:
+    from .davis import DAVIS_PROTOCOLS
+    from .qa_inputs import QA_PROTOCOLS
+    from .refcoco import IMAGE_PROTOCOLS
+
+    for family, names in (("video", VIDEO_PROTOCOLS), ("davis", DAVIS_PROTOCOLS), ("image", IMAGE_PROTOCOLS), ("qa", QA_PROTOCOLS)):
+        if protocol in names:
+            return family
+    raise SchemaError(f"unknown protocol {protocol!r}")
+
+
+def all_protocols() -> list[str]:
+    from .davis import DAVIS_PROTOCOLS
+    from .qa_inputs import QA_PROTOCOLS
+    from .refcoco import IMAGE_PROTOCOLS
+
+    return [*VIDEO_PROTOCOLS, *DAVIS_PROTOCOLS, *IMAGE_PROTOCOLS, *QA_PROTOCOLS]
+
+
+# Listed statically so that `refsav score --help` does not import every scorer.
+PROTOCOL_NAMES = ["refsav", "mevis", "revos", "refdavis", "davis17-semi", "davis17-unsup",
+                  "refcoco", "refcoco+", "refcocog", "grefcoco", "mcq", "mme", "mmbench"]
+
+
+def run_protocol(protocol: str, gt: Path, pred: Path, *, meta_name=None, workers=1, scheduler=None, split="val",
+                 split_by=None, empty_union="one", image_set="val", sequences=None, progress=True) -> tuple[ScoreReport, str]:
+    """Score with any named protocol; returns the report and the protocol's source."""
+    from pipelines.progress import progress_bar
+
+    family = _family(protocol)
+    if family == "video":
+        from schemas.refvos import read_meta_expressions
+
+        proto = get_video_protocol(protocol)
+        total = len(read_meta_expressions(_meta_path(gt, meta_name)))
+        with progress_bar("scoring videos", total=total, enabled=progress) as advance:
+            extra = {"scheduler": scheduler} if scheduler else {}
+            report = score_refvos(gt, pred, proto, meta_name=meta_name, workers=workers, on_video=advance, **extra)
+        return report, proto.source
+    if family == "davis":
+        from .davis import DavisGroundTruth, get_davis_protocol, score_davis
+
+        proto = get_davis_protocol(protocol)
+        total = len(DavisGroundTruth.open(gt, proto, image_set, sequences).sequences)
+        with progress_bar("scoring sequences", total=total, enabled=progress) as advance:
+            report = score_davis(gt, pred, protocol, image_set=image_set, sequences=sequences, workers=workers,
+                                 on_sequence=advance)
+        return report, proto.source
+    if family == "image":
+        from .refcoco import get_image_protocol, load_ground_truth, score_refcoco
+
+        proto = get_image_protocol(protocol)
+        total = len(load_ground_truth(gt, proto, split, split_by).samples)
+        with progress_bar(f"scoring {split} sentences", total=total, enabled=progress) as advance:
+            report = score_refcoco(gt, pred, protocol, split=split, split_by=split_by, empty_union=empty_union,
+                                   on_sample=advance)
+        return report, proto.source
+    from .qa_inputs import get_qa_protocol, score_qa
+
+    return score_qa(gt, pred, protocol), get_qa_protocol(protocol).source
+
+
 @click.command("score")
-@click.option("--protocol", required=True, type=click.Choice(sorted(VIDEO_PROTOCOLS)), help="Scoring protocol.")
-@click.option("--gt", "gt", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Ground-truth folder (meta_expressions*.json + mask_dict.json).")
+@click.option("--protocol", required=True, type=click.Choice(PROTOCOL_NAMES), help="Scoring protocol.")
+@click.option("--gt", "gt", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Ground truth: meta_expressions + mask_dict folder (refsav/mevis/revos/refdavis), DAVIS root "
+                   "(davis17-*), RefCOCO data root holding <dataset>/refs(*).p + instances.json (refcoco*), "
+                   "or a TSV/JSONL file (mcq/mme/mmbench).")
 @click.option("--pred", "pred", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Predictions: PNG folder, results.json, Parquet, or a .zip of any of these.")
+              help="Predictions: PNG folder, results.json, JSON/JSONL, TSV, Parquet, or a .zip of any of these.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder for scores.json.")
 @click.option("--strict", is_flag=True, help="Exit non-zero when the submission has any problem.")
 @click.option("--name", default=None, help="Submission name for the leaderboard (default: the prediction file name).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Add the result to this leaderboard database (SQLite).")
 @click.option("--benchmark", default=None, help="Benchmark name on the leaderboard (default: the protocol).")
-@click.option("--meta", "meta_name", default=None, help="Meta file name inside --gt (default: meta_expressions_valid.json or meta_expressions.json).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
-def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_name, workers) -> None:
-    """Score referring video segmentation predictions with an official protocol."""
-    from pipelines.progress import progress_bar
-    from schemas.refvos import read_meta_expressions
-
-    proto = get_video_protocol(protocol)
-    n_videos = len(read_meta_expressions(_meta_path(gt, meta_name)))
-    with progress_bar("scoring videos", total=n_videos) as advance:
-        report = score_refvos(gt, pred, proto, meta_name=meta_name, workers=workers, on_video=advance)
+@click.option("--meta", "meta_name", default=None, help="Video protocols: meta file name inside --gt (default: meta_expressions_valid.json or meta_expressions.json).")
+@click.option("--split", default="val", show_default=True, help="refcoco*: split to score (val, testA, testB, test).")
+@click.option("--split-by", default=None, help="refcoco*: refs file variant (default: unc; umd for refcocog).")
+@click.option("--empty-union", default="one", show_default=True, type=click.Choice(["one", "zero"]),
+              help="refcoco*: IoU of a sample whose prediction and ground truth are both empty (LISA: one, LAVT: zero).")
+@click.option("--image-set", default="val", show_default=True, help="davis17-*: ImageSets/2017/<set>.txt.")
+@click.option("--sequences", default=None, help="davis17-*: comma-separated sequences (instead of ImageSets).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes (video and DAVIS protocols).")
+@click.option("--scheduler", default=None, help="Video protocols: score on an existing Dask cluster (tcp://host:8786).")
+def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_name, split, split_by, empty_union,
+                  image_set, sequences, workers, scheduler) -> None:
+    """Score predictions with an official protocol: video (J, F, J&F), image (cIoU, gIoU) or QA."""
+    seqs = [s.strip() for s in sequences.split(",") if s.strip()] if sequences else None
+    report, source = run_protocol(protocol, gt, pred, meta_name=meta_name, workers=workers, scheduler=scheduler,
+                                  split=split, split_by=split_by, empty_union=empty_union, image_set=image_set,
+                                  sequences=seqs)
     sha = submission_sha256(pred)
     kinds = Counter(i.kind for i in report.issues)
     payload = {
-        "protocol": proto.name,
-        "protocol_source": proto.source,
+        "protocol": report.protocol,
+        "protocol_source": source,
+        "primary_metric": report.primary_metric,
         "scorer": "refsav",
         "scorer_version": __version__,
         "submission": str(pred),
@@ -86,10 +165,13 @@ def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_nam
     if db is not None:
         from .leaderboard import LeaderboardDB
 
-        metrics = {k: v for k, v in report.totals.items() if not math.isnan(v)}
+        metrics = {k: float(v) for k, v in report.totals.items() if isinstance(v, (int, float)) and not math.isnan(v)}
+        if report.primary_metric not in metrics:
+            raise SchemaError(f"no {report.primary_metric} to rank by (the ground truth is incomplete for this protocol); "
+                              "not added to the leaderboard", file=db)
         entry = LeaderboardEntry(
-            benchmark=benchmark or proto.name,
-            protocol=proto.name,
+            benchmark=benchmark or report.protocol,
+            protocol=report.protocol,
             name=name or pred.stem,
             metrics=metrics,
             primary_metric=report.primary_metric,
