@@ -55,6 +55,7 @@ class Expression(Record):
     provenance: Provenance
     ambiguous: bool = False  # could also refer to another object of the video
     ambiguous_with: list[int] = field(default_factory=list)
+    category: str = ""  # stage 1's category word(s), lower case; "" when the model gave none
 
     ARROW_SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
@@ -87,6 +88,7 @@ class Expression(Record):
             ),
             ("ambiguous", pa.bool_()),
             ("ambiguous_with", pa.list_(pa.int64())),
+            ("category", pa.string()),
         ]
     )
 

@@ -1,0 +1,1 @@
+"""Three-stage VLM annotation of SA-V masklets into Ref-SAV-style referring expressions."""

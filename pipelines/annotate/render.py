@@ -1,0 +1,36 @@
+"""From one video's SA-V annotation(s) to the objects ready for the VLM.
+
+The video is decoded once for all its objects (pipelines.visual plans the frames); an
+object that cannot be shown becomes a recorded drop, not an error.
+"""
+from __future__ import annotations
+
+from schemas.expression import FileHash
+from schemas.sav import SavAnnotation
+
+from ..visual import HighlightStyle, NotVisible, build_video_views
+from .config import AnnotateConfig
+from .stages import Dropped, ObjectContext
+
+
+def render_video(
+    video_id: str, annotations: list[SavAnnotation], inputs: tuple[FileHash, ...], config: AnnotateConfig
+) -> tuple[list[ObjectContext], list[Dropped]]:
+    style = HighlightStyle(mode=config.highlight)
+    ready: list[ObjectContext] = []
+    dropped: list[Dropped] = []
+    seen: set[int] = set()
+    for annotation in annotations:  # manual first, then auto (sorted paths), when --masklets both
+        views = build_video_views(annotation, style, k=config.object_frames, n_video_frames=config.video_frames)
+        for masklet, view in zip(annotation.masklets, views):
+            if masklet.object_id in seen:
+                # Manual and auto files number their masklets independently; Ref-SAV keys objects
+                # by masklet id, so a clash cannot be represented and the first file wins.
+                dropped.append(Dropped(video_id, masklet.object_id, "duplicate_object_id", annotation.video.path))
+                continue
+            seen.add(masklet.object_id)
+            if isinstance(view, NotVisible):
+                dropped.append(Dropped(video_id, masklet.object_id, "not_visible", view.reason))
+            else:
+                ready.append(ObjectContext(video_id, masklet.object_id, view, inputs))
+    return ready, dropped

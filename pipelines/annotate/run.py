@@ -1,0 +1,192 @@
+"""One annotation run: plan the shards, run them on an executor, keep run.json current.
+
+OUT/plan.json pins what the shards contain and the settings that shape their rows. A
+rerun with the same plan skips complete shards; a rerun with a different one is refused,
+because mixing rows made under two settings in one dataset is a silent error.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from schemas.errors import SchemaError
+from schemas.io import atomic_write_json
+
+from ..executor import make_executor
+from ..progress import progress_bar
+from .config import AnnotateConfig
+from .inputs import VideoInput, discover
+from .prompts import load_prompts
+from .shards import ShardStats, ShardTask, run_shard
+
+DEFAULT_SHARD_SIZE = 8  # videos per shard
+
+
+@dataclass
+class RunSummary:
+    """Objects: the whole dataset in OUT. VLM usage: this run only."""
+
+    out: str
+    shards: int
+    shards_done: int = 0
+    shards_resumed: int = 0
+    shards_failed: list[dict] = field(default_factory=list)  # {shard, error}
+    videos: int = 0
+    videos_skipped: int = 0
+    objects_seen: int = 0
+    objects_kept: int = 0
+    objects_dropped: dict[str, int] = field(default_factory=dict)
+    ambiguous: int = 0
+    vlm_calls: int = 0
+    vlm_cache_hits: int = 0
+    vlm_failed_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    vlm_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, s: ShardStats) -> None:
+        self.shards_done += 1
+        self.shards_resumed += s.resumed
+        self.videos += s.videos
+        self.videos_skipped += len(s.videos_skipped)
+        self.objects_seen += s.objects_seen
+        self.objects_kept += s.objects_kept
+        for reason, n in s.objects_dropped.items():
+            self.objects_dropped[reason] = self.objects_dropped.get(reason, 0) + n
+        self.ambiguous += s.ambiguous
+        if s.resumed:
+            return  # its VLM usage belongs to the run that made it (kept in its stats file)
+        self.vlm_calls += s.vlm_calls
+        self.vlm_cache_hits += s.vlm_cache_hits
+        self.vlm_failed_calls += s.vlm_failed_calls
+        self.prompt_tokens += s.prompt_tokens
+        self.completion_tokens += s.completion_tokens
+        self.vlm_seconds = round(self.vlm_seconds + s.vlm_seconds, 3)
+
+    @property
+    def complete(self) -> bool:
+        return self.shards_done == self.shards and not self.shards_failed
+
+
+def plan_shards(videos: list[VideoInput], shard_size: int) -> list[tuple[VideoInput, ...]]:
+    return [tuple(videos[i : i + shard_size]) for i in range(0, len(videos), shard_size)]
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """One run per output folder: two runs would redo each other's shards and race on files."""
+    import fcntl
+
+    with open(out / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SchemaError("another refsav annotate run is using this folder", file=out) from None
+        # Temporary files of a killed run: never visible to readers (hidden names), but litter.
+        for stale in out.glob("*/.*.tmp"):
+            stale.unlink(missing_ok=True)
+        yield
+
+
+def _check_plan(out: Path, plan: dict) -> None:
+    path = out / "plan.json"
+    if not path.exists():
+        atomic_write_json(path, plan, indent=1)
+        return
+    old = json.loads(path.read_text())
+    for key in ("settings", "prompts", "shards"):
+        if old.get(key) != plan[key]:
+            raise SchemaError(
+                f"this folder holds a run with different {key}; use a new --out (or delete the folder) "
+                "so that rows made under different settings are not mixed", file=path, field=key)
+
+
+def annotate(
+    input_root: str | Path,
+    out: str | Path,
+    config: AnnotateConfig,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    limit: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    retry_failed: bool = False,
+    show_progress: bool = True,
+) -> RunSummary:
+    """Annotate every video under `input_root` into shards under `out`."""
+    input_root, out = Path(input_root).resolve(), Path(out).resolve()
+    if shard_size < 1:
+        raise SchemaError(f"--shard-size must be at least 1, got {shard_size}")
+    videos = discover(input_root, config.masklets)
+    if limit is not None:
+        videos = videos[:limit]
+    if not videos:
+        raise SchemaError("no SA-V videos (<id>.mp4 with <id>_manual.json) found", file=input_root)
+    prompts = load_prompts(config.prompts_dir)
+    groups = plan_shards(videos, shard_size)
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _run(input_root, out, config, groups, prompts, workers, scheduler, retry_failed, show_progress)
+
+
+def _run(input_root: Path, out: Path, config: AnnotateConfig, groups, prompts, workers, scheduler, retry_failed,
+         show_progress) -> RunSummary:
+    _check_plan(out, {
+        "settings": json.loads(config.fingerprint()),
+        "prompts": [asdict(r) for r in prompts.refs],
+        "shards": [[v.video_id for v in g] for g in groups],
+    })
+    tasks = [ShardTask(i, len(groups), g, str(input_root), str(out), config) for i, g in enumerate(groups)]
+    if retry_failed:
+        _forget_shards_with_vlm_errors(tasks)
+
+    summary = RunSummary(out=str(out), shards=len(tasks))
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    per_shard: dict[int, dict] = {}
+
+    def save(executor_name: str, address: str) -> None:
+        summary.seconds = round(time.perf_counter() - t0, 3)
+        atomic_write_json(out / "run.json", {
+            "started_at": started,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "input": str(input_root),
+            "executor": executor_name,
+            "scheduler": address,
+            "config": json.loads(config.fingerprint()),
+            "summary": asdict(summary),
+            "shards": [per_shard[i] for i in sorted(per_shard)],
+        }, indent=1)
+
+    with make_executor(workers, scheduler) as executor, \
+            progress_bar("annotating shards", total=len(tasks), enabled=show_progress) as advance:
+        save(executor.name, executor.address)
+        for outcome in executor.map_unordered(run_shard, tasks):
+            if outcome.ok:
+                stats: ShardStats = outcome.result
+                summary.add(stats)
+                per_shard[stats.shard] = asdict(stats)
+            else:
+                err = outcome.error
+                message = f"{type(err).__name__}: {err}"
+                summary.shards_failed.append({"shard": outcome.task.index, "error": message})
+                per_shard[outcome.task.index] = {"shard": outcome.task.index, "error": message}
+            save(executor.name, executor.address)
+            advance(1)
+    summary.shards_failed.sort(key=lambda f: f["shard"])
+    save(executor.name, executor.address)
+    return summary
+
+
+def _forget_shards_with_vlm_errors(tasks: list[ShardTask]) -> None:
+    """Let shards whose objects failed on the VLM run again; their good answers are cached."""
+    for task in tasks:
+        if task.stats_path.exists():
+            stats = json.loads(task.stats_path.read_text())
+            if stats.get("objects_dropped", {}).get("vlm_error"):
+                task.marker_path.unlink(missing_ok=True)

@@ -1,0 +1,190 @@
+"""A shard of videos: the unit of work, of output, and of recovery.
+
+Output of shard i of n (datatrove-style: data, stats, then the completion marker last):
+
+    OUT/data/train-0000i-of-0000n.parquet   Expression rows, sorted by (video_id, object_id)
+    OUT/stats/shard-0000i.json              counts, drop reasons, VLM calls/tokens/seconds
+    OUT/markers/shard-0000i.done            written last: the shard is complete
+
+Every file is written to a temporary name and renamed, so a reader never sees half a
+shard, and a killed run leaves either a whole shard or none. A shard without its marker
+is simply redone; with the request cache its VLM answers come back for free and its rows
+come out the same.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from schemas.errors import SchemaError
+from schemas.expression import Expression, FileHash
+from schemas.io import atomic_write_json, sha256_file, write_parquet
+
+from .config import AnnotateConfig
+from .inputs import VideoInput
+from .stages import Annotator, Dropped, Kept, Meter, ObjectContext, flag_ambiguous
+
+SPLIT = "train"
+# Videos rendered at once per worker: decoded 1080p frames are large, their JPEGs are not.
+RENDER_AHEAD = 2
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    total: int
+    videos: tuple[VideoInput, ...]
+    input_root: str
+    out_dir: str
+    config: AnnotateConfig
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.out_dir) / "data" / f"{SPLIT}-{self.index:05d}-of-{self.total:05d}.parquet"
+
+    @property
+    def stats_path(self) -> Path:
+        return Path(self.out_dir) / "stats" / f"shard-{self.index:05d}.json"
+
+    @property
+    def marker_path(self) -> Path:
+        return Path(self.out_dir) / "markers" / f"shard-{self.index:05d}.done"
+
+
+@dataclass
+class ShardStats:
+    shard: int
+    videos: int = 0
+    videos_skipped: list[dict] = field(default_factory=list)  # {video_id, reason, detail}
+    objects_seen: int = 0
+    objects_kept: int = 0
+    objects_dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    failures: list[dict] = field(default_factory=list)  # {video_id, object_id, reason, detail}
+    ambiguous: int = 0
+    vlm_calls: int = 0
+    vlm_cache_hits: int = 0
+    vlm_failed_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    vlm_seconds: float = 0.0
+    render_seconds: float = 0.0
+    seconds: float = 0.0
+    resumed: bool = False  # True when this run found the shard already complete
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ShardStats":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def run_shard(task: ShardTask) -> ShardStats:
+    """Annotate one shard, or return its stats when it is already complete."""
+    if task.marker_path.exists() and task.data_path.exists() and task.stats_path.exists():
+        stats = ShardStats.from_json(json.loads(task.stats_path.read_text()))
+        stats.resumed = True
+        return stats
+    start = time.perf_counter()
+    rows, stats = asyncio.run(_annotate_shard(task))
+    stats.seconds = round(time.perf_counter() - start, 3)
+    write_parquet(task.data_path, rows, Expression)
+    atomic_write_json(task.stats_path, asdict(stats), indent=1)
+    atomic_write_json(task.marker_path, {"rows": len(rows), "sha256": sha256_file(task.data_path)})
+    return stats
+
+
+def _relative(path: str, root: str) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:  # another drive on Windows
+        return path
+
+
+async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats]:
+    from ..vlm.base import make_backend
+    from .prompts import load_prompts
+
+    config = task.config
+    stats = ShardStats(shard=task.index, videos=len(task.videos))
+    meter = Meter()
+    prompts = load_prompts(config.prompts_dir)
+    describer = _backend(config.vlm, config.cache_path, make_backend)
+    checker = _backend(config.checker, config.cache_path, make_backend) if config.checker else describer
+    annotator = Annotator(config, prompts, describer, checker, meter)
+    render_slots = asyncio.Semaphore(RENDER_AHEAD)
+    rows: list[Expression] = []
+
+    async def one_video(video: VideoInput) -> None:
+        async with render_slots:
+            t0 = time.perf_counter()
+            prepared = await asyncio.to_thread(prepare_video, video, task.input_root, config)
+            stats.render_seconds += time.perf_counter() - t0
+        if isinstance(prepared, Dropped):
+            stats.videos_skipped.append({"video_id": video.video_id, "reason": prepared.reason, "detail": prepared.detail})
+            return
+        objects, not_annotatable = prepared
+        stats.objects_seen += len(objects) + len(not_annotatable)
+        results = list(not_annotatable) + list(await asyncio.gather(*(annotator.annotate(o) for o in objects)))
+        kept = [r for r in results if isinstance(r, Kept)]
+        for r in results:
+            if isinstance(r, Dropped):
+                stats.objects_dropped[r.reason] = stats.objects_dropped.get(r.reason, 0) + 1
+                stats.failures.append({"video_id": r.video_id, "object_id": r.object_id, "reason": r.reason, "detail": r.detail})
+        rows.extend(flag_ambiguous(kept))
+
+    try:
+        await asyncio.gather(*(one_video(v) for v in task.videos))
+    finally:
+        await describer.aclose()
+        if checker is not describer:
+            await checker.aclose()
+    rows.sort(key=lambda e: (e.video_id, e.object_id))
+    stats.failures.sort(key=lambda f: (f["video_id"], f["object_id"]))
+    stats.videos_skipped.sort(key=lambda s: s["video_id"])
+    stats.objects_kept = len(rows)
+    stats.ambiguous = sum(e.ambiguous for e in rows)
+    stats.vlm_calls, stats.vlm_cache_hits, stats.vlm_failed_calls = meter.calls, meter.cache_hits, meter.failed_calls
+    stats.prompt_tokens, stats.completion_tokens = meter.prompt_tokens, meter.completion_tokens
+    stats.vlm_seconds = round(meter.seconds, 3)
+    stats.render_seconds = round(stats.render_seconds, 3)
+    return rows, stats
+
+
+def _backend(settings, cache_path, make_backend):
+    return make_backend(
+        settings.backend,
+        model=settings.model,
+        base_url=settings.base_url,
+        max_in_flight=settings.max_in_flight,
+        timeout=settings.timeout,
+        max_retries=settings.max_retries,
+        cache_path=cache_path,
+    )
+
+
+def prepare_video(video: VideoInput, input_root: str, config: AnnotateConfig) -> Dropped | tuple[list[ObjectContext], list[Dropped]]:
+    """Read, check and render one video: the objects ready for the VLM, and those that are not.
+
+    Runs in a worker thread. Any problem with the files is returned as a skip reason:
+    one bad video must never stop the run.
+    """
+    from schemas.sav import read_sav_json
+
+    from .render import render_video
+
+    if not video.video_path:
+        return Dropped(video.video_id, -1, "missing_video", "no .mp4 next to the annotation")
+    if not video.annotation_paths:
+        return Dropped(video.video_id, -1, "missing_annotation", "no _manual.json/_auto.json next to the video")
+    try:
+        annotations = [read_sav_json(p, video_path=video.video_path) for p in video.annotation_paths]
+        inputs = tuple(FileHash(_relative(p, input_root), sha256_file(p))
+                       for p in (video.video_path, *video.annotation_paths))
+        return render_video(video.video_id, annotations, inputs, config)
+    except SchemaError as err:
+        return Dropped(video.video_id, -1, "bad_input", str(err))
+    except OSError as err:
+        return Dropped(video.video_id, -1, "bad_input", f"{video.video_path}: {err}")

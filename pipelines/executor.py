@@ -1,0 +1,130 @@
+"""Pluggable executors: where the units of work of a long job run.
+
+The annotation pipeline (shards of videos) and the scorer (chunks of videos) both hand
+a list of picklable tasks and a top-level function to an executor and consume the
+outcomes as they complete, so the same job runs
+
+- in this process (`workers=1`, no scheduler): simplest to debug, used by tests of logic;
+- on a Dask `LocalCluster` started for the job (`workers>1`): the embedded default;
+- on an existing Dask cluster (`scheduler="tcp://host:8786"`), whose workers must have
+  refsav installed and see the same input/output paths (a shared filesystem).
+
+A task's exception is returned as its outcome, not raised: one bad shard must not cost
+the others, and the caller decides what a failure means.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    task: T
+    result: Any = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class InlineExecutor:
+    """Runs tasks one after the other in this process."""
+
+    name = "inline"
+
+    def __init__(self) -> None:
+        self.address = "inline"
+
+    def map_unordered(self, fn: Callable[[T], Any], tasks: Sequence[T]) -> Iterator[Outcome[T]]:
+        for task in tasks:
+            try:
+                yield Outcome(task, fn(task))
+            except Exception as err:  # noqa: BLE001 - reported to the caller as the task's outcome
+                yield Outcome(task, error=err)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "InlineExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DaskExecutor:
+    """Runs tasks on a Dask cluster: a `LocalCluster` of `workers` processes, or `scheduler`.
+
+    Each worker runs one task at a time (one thread): the tasks are CPU-bound Python or
+    hold their own pools (the VLM client's requests in flight), so more threads would
+    only fight over the GIL.
+    """
+
+    name = "dask"
+
+    def __init__(self, workers: int = 1, scheduler: str | None = None, memory_limit: str | None = None) -> None:
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if scheduler:
+            self._client = Client(scheduler, timeout="30s")
+        else:
+            self._cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=memory_limit or "auto",
+                silence_logs=40,  # logging.ERROR: worker chatter would bury the progress bar
+            )
+            self._client = Client(self._cluster)
+        self.address = self._client.scheduler.address
+
+    @property
+    def n_workers(self) -> int:
+        return len(self._client.scheduler_info()["workers"])
+
+    def map_unordered(self, fn: Callable[[T], Any], tasks: Sequence[T]) -> Iterator[Outcome[T]]:
+        from distributed import as_completed
+
+        if not tasks:
+            return
+        # pure=False: a rerun must run again (inputs on disk may have changed), not reuse a key.
+        futures = {self._client.submit(fn, task, pure=False): task for task in tasks}
+        for future in as_completed(futures):
+            task = futures[future]
+            if future.status == "finished":
+                yield Outcome(task, future.result())
+            else:
+                yield Outcome(task, error=future.exception())
+            future.release()
+
+    def close(self) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def __enter__(self) -> "DaskExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+Executor = InlineExecutor | DaskExecutor
+
+
+def make_executor(workers: int | None = None, scheduler: str | None = None) -> Executor:
+    """`scheduler` wins; otherwise a LocalCluster of `workers` (default: all cores), or
+    this process when `workers == 1`."""
+    if scheduler:
+        return DaskExecutor(scheduler=scheduler)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        return InlineExecutor()
+    return DaskExecutor(workers=workers)
