@@ -1,11 +1,13 @@
 """`refsav demo`: the whole toolkit on generated data, offline, in a few minutes.
 
-Stages that exist today run for real; the demo grows as capabilities land
-(annotate, export, predict). Until `refsav predict` exists, the submissions it
-scores are reference baselines derived from the ground truth, and it says so.
+Stages that exist today run for real; the demo grows as capabilities land. With no model
+hub reachable, the annotation VLM is a tiny random-weight model (its texts are noise, the
+pipeline around it is the real one), and the submissions it scores are reference baselines
+derived from the ground truth; it says so as it goes.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -32,10 +34,10 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
     start = time.perf_counter()
     sample_dir = out / "sample"
     gt_dir = sample_dir / EVAL
-    click.echo(f"[1/4] sample: generating {videos} synthetic SA-V videos in {sample_dir}")
+    click.echo(f"[1/5] sample: generating {videos} synthetic SA-V videos in {sample_dir}")
     write_sample(sample_dir, SampleConfig(videos=videos, seed=seed))
 
-    click.echo("[2/4] validate: reading everything back through refsav's schemas")
+    click.echo("[2/5] validate: reading everything back through refsav's schemas")
     n_masklets = 0
     for ann_path in sorted((sample_dir / CHUNK).glob("*_manual.json")):
         ann = read_sav_json(ann_path)
@@ -47,7 +49,22 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
     click.echo(f"      {len(training)} videos, {n_masklets} masklets, {sum(len(v.expressions) for v in meta)} benchmark expressions")
     click.echo(f"      e.g. {meta[0].video_id} #{example.exp_id}: \"{example.exp}\"")
 
-    click.echo("[3/4] score: NOTE no model has run (refsav predict is not available yet); scoring three")
+    click.echo("[3/5] annotate: three-stage VLM annotation of every masklet on a local Dask cluster")
+    click.echo("      NOTE the VLM is a tiny random-weight model saved here (no model hub): its texts are")
+    click.echo("      noise, and the consistency check is off because such a model never answers YES")
+    from .annotate.cli import annotate_command
+    from .vlm.tiny import save_tiny_vlm
+
+    model_dir = save_tiny_vlm(out / "tiny-vlm")
+    if (out / "annotated").exists():
+        shutil.rmtree(out / "annotated")  # the sample was just regenerated, maybe with other settings
+    annotate_command.main(
+        ["--input", str(sample_dir / CHUNK), "--out", str(out / "annotated"), "--vlm", "transformers",
+         "--model", str(model_dir), "--no-check", "--max-tokens", "24", "--workers", "2", "--shard-size", "2"],
+        standalone_mode=False,
+    )
+
+    click.echo("[4/5] score: NOTE no model has run (refsav predict is not available yet); scoring three")
     click.echo("      reference submissions made from the ground truth: perfect, noisy (shifted/eroded), empty")
     gt = RefVosGroundTruth.load(gt_dir)
     db = out / "leaderboard.sqlite"
@@ -62,7 +79,7 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
             standalone_mode=False,
         )
 
-    click.echo(f"[4/4] leaderboard: rendering {db}")
+    click.echo(f"[5/5] leaderboard: rendering {db}")
     leaderboard_command.main(["--db", str(db), "--out", str(out / "leaderboard")], standalone_mode=False)
-    click.echo("      not yet available in this version: annotate, export, predict")
+    click.echo("      not yet available in this version: export, predict")
     click.echo(f"done in {time.perf_counter() - start:.1f} s; open {out / 'leaderboard' / 'leaderboard.html'}")
