@@ -13,8 +13,8 @@ SECTIONS = {
     "Data": {
         "sample": ("pipelines.sample", "sample_command", "Generate a synthetic SA-V sample and its Ref-SAV benchmark split."),
         "annotate": ("pipelines.annotate.cli", "annotate_command", "Describe SA-V masklets with a VLM (3 stages) into Parquet shards."),
-        "publish": ("pipelines.publish", "publish_command", "Publish an annotation run as a Hugging Face dataset (card, splits, one commit)."),
-        "export": ("pipelines.export", "export_group", "Export an annotation run as Ref-SAV training JSON or a benchmark split."),
+        "publish": ("pipelines.publish", "publish_command", "Publish an annotation run as a Hugging Face dataset (card, splits)."),
+        "export": ("pipelines.export", "export_group", "Write Ref-SAV training JSON or a Ref-SAV-style benchmark from a run."),
         "validate": ("pipelines.validate", "validate_command", "Check SA-V, Ref-SAV, benchmark, Parquet and mp4 files."),
         "schema": ("pipelines.cli_schema", "schema_command", "Export the submission formats as JSON Schema."),
     },

@@ -34,10 +34,10 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
     start = time.perf_counter()
     sample_dir = out / "sample"
     gt_dir = sample_dir / EVAL
-    click.echo(f"[1/5] sample: generating {videos} synthetic SA-V videos in {sample_dir}")
+    click.echo(f"[1/6] sample: generating {videos} synthetic SA-V videos in {sample_dir}")
     write_sample(sample_dir, SampleConfig(videos=videos, seed=seed))
 
-    click.echo("[2/5] validate: reading everything back through refsav's schemas")
+    click.echo("[2/6] validate: reading everything back through refsav's schemas")
     n_masklets = 0
     for ann_path in sorted((sample_dir / CHUNK).glob("*_manual.json")):
         ann = read_sav_json(ann_path)
@@ -49,7 +49,7 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
     click.echo(f"      {len(training)} videos, {n_masklets} masklets, {sum(len(v.expressions) for v in meta)} benchmark expressions")
     click.echo(f"      e.g. {meta[0].video_id} #{example.exp_id}: \"{example.exp}\"")
 
-    click.echo("[3/5] annotate: three-stage VLM annotation of every masklet on a local Dask cluster")
+    click.echo("[3/6] annotate: three-stage VLM annotation of every masklet on a local Dask cluster")
     click.echo("      NOTE the VLM is a tiny random-weight model saved here (no model hub): its texts are")
     click.echo("      noise, and the consistency check is off because such a model never answers YES")
     from .annotate.cli import annotate_command
@@ -64,7 +64,19 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
         standalone_mode=False,
     )
 
-    click.echo("[4/5] score: NOTE no model has run (refsav predict is not available yet); scoring three")
+    click.echo("[4/6] publish + export: a Hugging Face dataset folder (dry run: nothing is uploaded),")
+    click.echo("      the Ref-SAV training JSON Sa2VA reads, and a benchmark split in the Ref-SAV eval layout")
+    from .export import export_group
+    from .publish import publish_command
+
+    publish_command.main(["--data", str(out / "annotated"), "--repo-id", "your-org/refsav-demo",
+                          "--folder", str(out / "hub"), "--dry-run"], standalone_mode=False)
+    export_group.main(["refsav-json", "--data", str(out / "annotated"), "--out", str(out / "exports" / "Ref-SAV.json")],
+                      standalone_mode=False)
+    export_group.main(["benchmark", "--data", str(out / "annotated"), "--out", str(out / "exports" / "benchmark"),
+                       "--overwrite"], standalone_mode=False)
+
+    click.echo("[5/6] score: NOTE no model has run (refsav predict is not available yet); scoring three")
     click.echo("      reference submissions made from the ground truth: perfect, noisy (shifted/eroded), empty")
     gt = RefVosGroundTruth.load(gt_dir)
     db = out / "leaderboard.sqlite"
@@ -79,7 +91,7 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
             standalone_mode=False,
         )
 
-    click.echo(f"[5/5] leaderboard: rendering {db}")
+    click.echo(f"[6/6] leaderboard: rendering {db}")
     leaderboard_command.main(["--db", str(db), "--out", str(out / "leaderboard")], standalone_mode=False)
-    click.echo("      not yet available in this version: export, predict")
+    click.echo("      not yet available in this version: predict (Sa2VA inference)")
     click.echo(f"done in {time.perf_counter() - start:.1f} s; open {out / 'leaderboard' / 'leaderboard.html'}")

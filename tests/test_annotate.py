@@ -246,3 +246,35 @@ def test_bad_inputs_are_skipped_with_reasons(sav, vlm_server, tmp_path):  # noqa
     details = {s["video_id"]: s["detail"] for s in stats["videos_skipped"]}
     assert "e_badjson_manual.json" in details["e_badjson"]
     assert stats["objects_kept"] == len(read_sav_json(src).masklets)
+
+
+def test_real_run_publishes_and_exports_a_benchmark_that_scores_100(baseline, tmp_path):
+    """The annotate output as it really is (not a fixture) through publish --dry-run and the exports."""
+    import datasets
+
+    from benchmark.baselines import write_baseline
+    from benchmark.inputs import RefVosGroundTruth
+    from benchmark.protocols import VIDEO_PROTOCOLS
+    from benchmark.score import score_refvos
+    from pipelines.cli import main as cli_main
+
+    assert cli_main(["publish", "--data", str(baseline), "--repo-id", "org/refsav-test", "--folder",
+                     str(tmp_path / "hub"), "--dry-run"]) == 0
+    loaded = datasets.load_dataset(str(tmp_path / "hub"))
+    assert sum(loaded[s].num_rows for s in loaded) == len(rows(baseline))
+
+    assert cli_main(["export", "refsav-json", "--data", str(baseline), "--out", str(tmp_path / "Ref-SAV.json"),
+                     "--split", "all"]) == 0
+    exported = json.loads((tmp_path / "Ref-SAV.json").read_text())
+    assert sum(len(v["objects"]) for v in exported.values()) == len(rows(baseline))
+    assert all(v["video_path"].endswith(f"{vid}.mp4") and v["anno_path"].endswith(f"{vid}_manual.json")
+               for vid, v in exported.items())
+
+    bench = tmp_path / "bench"
+    assert cli_main(["export", "benchmark", "--data", str(baseline), "--out", str(bench), "--split", "all"]) == 0
+    gt = RefVosGroundTruth.load(bench)
+    n_unambiguous = sum(not e.ambiguous for e in rows(baseline))
+    assert sum(e.type_id == 0 for v in gt.videos for e in v.expressions) == n_unambiguous
+    write_baseline(gt, tmp_path / "perfect.json", "perfect")
+    report = score_refvos(bench, tmp_path / "perfect.json", VIDEO_PROTOCOLS["refsav"])
+    assert report.totals["J&F"] == 100.0 and not report.issues

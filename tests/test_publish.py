@@ -1,0 +1,311 @@
+"""`refsav publish`: a dataset folder built from a synthetic annotate output, reloaded with
+`datasets`; the card; determinism; and the upload's retry / one-commit logic against a
+test double (no test reaches the Hub)."""
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import pytest
+import yaml
+from huggingface_hub import errors as hub_errors
+
+from annotated_fixture import CHECKER_ID, GENERATION_CONFIG, MODEL_ID, build_annotated, prompt_refs
+from pipelines.cli import main
+from pipelines.publish import (
+    SplitRule,
+    UploadError,
+    assign_splits,
+    build_dataset_folder,
+    folder_fingerprint,
+    is_transient,
+    load_annotated,
+    upload_dataset,
+    validate_folder,
+)
+from schemas import SchemaError
+from schemas.expression import Expression
+from schemas.io import rows_to_records
+from schemas.version import __version__
+
+
+class _NoHub:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("a test tried to reach the Hub")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    root = tmp_path_factory.mktemp("publish")
+    fx = build_annotated(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub, "HfApi", _NoHub)
+        assert main(["publish", "--data", str(fx.out), "--repo-id", "refsav-test/ref-sav-synth", "--dry-run"]) == 0
+    return fx, fx.out / "hub"
+
+
+def _front_matter(readme: Path) -> tuple[dict, str]:
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    head, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(head), body
+
+
+def _expected_counts(fx) -> dict[str, int]:
+    splits = assign_splits(fx.video_ids, SplitRule())
+    counts = {"train": 0, "validation": 0}
+    for e in fx.expressions:
+        counts[splits[e.video_id]] += 1
+    return counts
+
+
+def test_dry_run_folder_reloads_with_datasets(published, tmp_path):
+    fx, folder = published
+    expected = _expected_counts(fx)
+    assert expected["train"] and expected["validation"]  # the fixture exercises both splits
+    assert sorted(p.name for p in (folder / "data").iterdir()) == [
+        "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "data"]
+
+    meta, _ = _front_matter(folder / "README.md")
+    assert meta["configs"] == [{"config_name": "default", "data_files": [
+        {"split": "train", "path": "data/train-*"}, {"split": "validation", "path": "data/validation-*"}]}]
+    info = meta["dataset_info"]
+    assert [f["name"] for f in info["features"]] == Expression.ARROW_SCHEMA.names
+    assert {s["name"]: s["num_examples"] for s in info["splits"]} == expected
+    assert meta["license"] == "cc-by-4.0"
+
+    ds = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    assert {k: v.num_rows for k, v in ds.items()} == expected
+    want = datasets.Features.from_arrow_schema(Expression.ARROW_SCHEMA)
+    rows = []
+    for name, split in ds.items():
+        assert split.features == want
+        rows += [(name, r) for r in rows_to_records(split.to_list(), Expression)]
+    assert sorted((r for _, r in rows), key=lambda e: e.key) == fx.expressions
+    # Split by video: no video in both splits, and every row of a video where the rule says.
+    split_of = {}
+    for name, r in rows:
+        assert split_of.setdefault(r.video_id, name) == name
+    assert split_of == assign_splits(fx.video_ids, SplitRule())
+    assert sum(r.ambiguous for _, r in rows) == len(fx.ambiguous)
+
+
+def test_card_holds_statistics_and_provenance(published):
+    fx, folder = published
+    _, body = _front_matter(folder / "README.md")
+    for ref in prompt_refs():
+        assert f"| {ref.template_id} | `{ref.sha256}` | {len(fx.expressions)} |" in body
+    assert f"| {MODEL_ID} | r1 | synthetic | {len(fx.expressions)} |" in body
+    assert f"| {CHECKER_ID} | {len(fx.expressions)} |" in body
+    assert GENERATION_CONFIG in body and f"`{__version__}`" in body
+    assert "CC BY 4.0" in body
+    assert f"| videos | {len(fx.video_ids)} |" in body
+    assert f"| objects (long expressions) | {len(fx.expressions)} |" in body
+    assert f"| short expressions | {sum(len(e.short_caps) for e in fx.expressions)} |" in body
+    assert f"| objects flagged ambiguous | {len(fx.ambiguous)} |" in body
+    assert f"| objects dropped: consistency_failed | {len(fx.dropped)} |" in body
+    categories = {}
+    for e in fx.expressions:
+        categories[e.category] = categories.get(e.category, 0) + 1
+    for cat, n in categories.items():
+        assert f"| {cat} | {n} |" in body
+    assert 'sha256("0:<video_id>")' in body and "below 0.1" in body
+    assert "--val-fraction 0.1 --split-seed 0" in body
+    assert 'load_dataset("refsav-test/ref-sav-synth")' in body
+    assert str(fx.sample) not in body  # no local paths in a public card
+
+
+def test_publish_is_deterministic_and_replaces_its_own_folder(published, tmp_path):
+    fx, folder = published
+
+    def digest(d: Path) -> dict[str, str]:
+        return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+    again = tmp_path / "again"
+    assert main(["publish", "--data", str(fx.out), "--repo-id", "refsav-test/ref-sav-synth", "--folder", str(again), "--dry-run"]) == 0
+    assert digest(again) == digest(folder)
+
+    # Smaller shards, then the default again: the old shards must not linger (they would be uploaded).
+    assert main(["publish", "--data", str(fx.out), "--repo-id", "o/n", "--folder", str(again), "--dry-run", "--shard-rows", "4"]) == 0
+    train_files = sorted(p.name for p in (again / "data").glob("train-*"))
+    n = -(-_expected_counts(fx)["train"] // 4)
+    assert train_files == [f"train-{i:05d}-of-{n:05d}.parquet" for i in range(n)] and n > 1
+    assert main(["publish", "--data", str(fx.out), "--repo-id", "o/n", "--folder", str(again), "--dry-run"]) == 0
+    assert sorted(p.name for p in (again / "data").iterdir()) == ["train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+
+    # Another seed moves videos between the splits, by video.
+    other = tmp_path / "other"
+    assert main(["publish", "--data", str(fx.out), "--repo-id", "o/n", "--folder", str(other), "--dry-run",
+                 "--split-seed", "7", "--val-fraction", "0.4"]) == 0
+    meta, _ = _front_matter(other / "README.md")
+    splits = assign_splits(fx.video_ids, SplitRule(0.4, 7))
+    counts = {s: sum(splits[e.video_id] == s for e in fx.expressions) for s in ("train", "validation")}
+    assert {s["name"]: s["num_examples"] for s in meta["dataset_info"]["splits"]} == counts
+
+
+def test_bad_inputs_and_foreign_folders_are_one_line_errors(published, tmp_path, capsys):
+    fx, _ = published
+
+    def error(argv):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
+        return err
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("do not publish")
+    err = error(["publish", "--data", str(fx.out), "--repo-id", "o/n", "--folder", str(foreign), "--dry-run"])
+    assert "notes.txt" in err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+    assert "folder not found" in error(["publish", "--data", str(tmp_path / "nowhere"), "--repo-id", "o/n", "--dry-run"])
+    (tmp_path / "norun").mkdir()
+    assert "run.json: file not found" in error(["publish", "--data", str(tmp_path / "norun"), "--repo-id", "o/n", "--dry-run"])
+    assert main(["publish", "--data", str(fx.out), "--repo-id", "not-a-repo-id", "--dry-run"]) == 2
+    assert "ORG/NAME" in capsys.readouterr().err
+
+
+def test_validation_catches_a_folder_that_does_not_load_as_written(published, tmp_path):
+    fx, _ = published
+    run = load_annotated(fx.out)
+    built = build_dataset_folder(run, tmp_path / "hub", repo_id="o/n")
+    assert validate_folder(built, expected=run.expressions) == _expected_counts(fx)
+    with pytest.raises(SchemaError, match="differ"):
+        validate_folder(built, expected=run.expressions[1:])
+    # A shard lost after the card was written: the counts no longer match the card.
+    next((tmp_path / "hub" / "data").glob("validation-*")).unlink()
+    with pytest.raises(SchemaError) as info:
+        validate_folder(built)
+    assert str(tmp_path / "hub") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_split_rule_is_stable_and_by_fraction():
+    ids = [f"sav_{i:06d}" for i in range(2000)]
+    rule = SplitRule(0.1, 0)
+    splits = assign_splits(ids, rule)
+    share = sum(s == "validation" for s in splits.values()) / len(ids)
+    assert 0.08 < share < 0.12
+    assert assign_splits(list(reversed(ids)), rule) == splits
+    # Adding videos never moves an existing one.
+    more = assign_splits(ids + [f"sav_{i:06d}" for i in range(2000, 2500)], rule)
+    assert all(more[v] == s for v, s in splits.items())
+    assert assign_splits(ids, SplitRule(0.1, 1)) != splits
+    # Tiny sets still get both splits; a single video stays in train; fraction 0 means no validation.
+    two = assign_splits(["a", "b"], rule)
+    assert sorted(two.values()) == ["train", "validation"]
+    assert assign_splits(["a"], rule) == {"a": "train"}
+    assert set(assign_splits(ids[:50], SplitRule(0.0, 0)).values()) == {"train"}
+
+
+# --------------------------------------------------------------------------- upload, against a test double
+
+
+class _Status(Exception):
+    def __init__(self, status: int):
+        super().__init__(f"HTTP {status}")
+        self.response = type("R", (), {"status_code": status})()
+
+
+class ConnectError(Exception):  # named like the httpx error for a refused connection
+    pass
+
+
+@dataclass
+class _Commit:
+    commit_id: str
+    title: str
+
+
+@dataclass
+class FakeHub:
+    """Records calls; `upload_failures` are raised by successive upload_folder calls.
+    `land_before_failing`: the commit is recorded before the failure (answer lost)."""
+
+    upload_failures: list = field(default_factory=list)
+    create_failures: list = field(default_factory=list)
+    land_before_failing: bool = False
+    calls: list = field(default_factory=list)
+    commits: list = field(default_factory=list)
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        if self.create_failures:
+            raise self.create_failures.pop(0)
+        return f"https://huggingface.co/datasets/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        if self.upload_failures:
+            err = self.upload_failures.pop(0)
+            if self.land_before_failing:
+                self.commits.insert(0, _Commit(f"c{len(self.commits)}", kwargs["commit_message"]))
+            raise err
+        self.commits.insert(0, _Commit(f"c{len(self.commits)}", kwargs["commit_message"]))
+        return type("Info", (), {"commit_url": f"https://hub/commit/{self.commits[0].commit_id}"})()
+
+    def list_repo_commits(self, repo_id, repo_type=None):
+        self.calls.append(("list_repo_commits", repo_id))
+        return list(self.commits) + [_Commit("init", "initial commit")]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train-00000-of-00001.parquet").write_bytes(b"rows")
+    (tmp_path / "README.md").write_text("---\n---\n")
+    return tmp_path
+
+
+def test_upload_retries_transient_errors_and_commits_once(folder):
+    hub = FakeHub(upload_failures=[ConnectError("refused"), _Status(503)], create_failures=[TimeoutError("slow")])
+    waits = []
+    result = upload_dataset(hub, folder, "org/name", private=True, sleep=waits.append)
+    creates = [c for c in hub.calls if c[0] == "create_repo"]
+    assert creates[-1][2] == {"repo_type": "dataset", "private": True, "exist_ok": True} and len(creates) == 2
+    uploads = [c[1] for c in hub.calls if c[0] == "upload_folder"]
+    assert len(uploads) == 3 and len(hub.commits) == 1  # two failures, one commit
+    assert uploads[-1]["repo_type"] == "dataset" and uploads[-1]["folder_path"] == str(folder)
+    assert uploads[-1]["delete_patterns"] == ["data/*"]  # stale remote shards go in the same commit
+    assert folder_fingerprint(folder)[:16] in uploads[-1]["commit_message"]
+    assert waits == [2.0, 2.0, 4.0]  # create: 1 retry; upload: 2 retries with doubling backoff
+    assert result.attempts == 3 and not result.already_there and result.commit.endswith("/c0")
+
+
+def test_upload_does_not_retry_permanent_errors(folder):
+    hub = FakeHub(upload_failures=[_Status(403)])
+    with pytest.raises(UploadError, match="403"):
+        upload_dataset(hub, folder, "org/name", sleep=lambda s: pytest.fail("slept on a permanent error"))
+    assert sum(c[0] == "upload_folder" for c in hub.calls) == 1 and not hub.commits
+
+
+def test_upload_notices_a_commit_whose_answer_was_lost(folder):
+    hub = FakeHub(upload_failures=[ConnectError("reset after the commit")], land_before_failing=True)
+    result = upload_dataset(hub, folder, "org/name", sleep=lambda s: None)
+    assert result.already_there and result.commit == "c0"
+    assert len(hub.commits) == 1 and sum(c[0] == "upload_folder" for c in hub.calls) == 1
+
+
+def test_upload_gives_up_after_the_last_attempt(folder):
+    hub = FakeHub(upload_failures=[_Status(502)] * 3)
+    waits = []
+    with pytest.raises(UploadError, match="after 3 attempts"):
+        upload_dataset(hub, folder, "org/name", attempts=3, sleep=waits.append, backoff=1.5)
+    assert waits == [1.5, 3.0] and not hub.commits
+
+
+def test_transient_error_classification():
+    transport = sys.modules[hub_errors.Response.__module__]
+    request = transport.Request("POST", "https://huggingface.co/api/datasets/org/name/commit/main")
+
+    def hub_error(status):
+        return hub_errors.HfHubHTTPError(f"status {status}", response=transport.Response(status, request=request))
+
+    assert is_transient(hub_error(503)) and is_transient(hub_error(429)) and is_transient(hub_error(500))
+    assert not is_transient(hub_error(401)) and not is_transient(hub_error(404)) and not is_transient(hub_error(409))
+    assert is_transient(transport.ConnectError("refused")) and is_transient(transport.ReadTimeout("slow"))
+    assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
+    assert not is_transient(FileNotFoundError("README.md")) and not is_transient(ValueError("bad repo id"))
