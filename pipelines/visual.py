@@ -9,9 +9,11 @@ marked; following §3-4 of that sheet we default to a mask-precise contour drawn
 
 Flow for one video, decoded once for all its objects:
 
-    plan = plan_video(annotation, k, n)                 # from the RLEs alone, no pixels
-    frames = decode_frames(video.path, plan.frames)     # RGB, only the frames needed
-    views = render_video(annotation, frames, style)     # ObjectViews | NotVisible per object
+    plan = plan_video(annotation, k, n)                       # from the RLEs alone, no pixels
+    frames = decode_frames(video.path, plan.frames, yuv=True) # only the frames needed
+    views = render_video(annotation, frames, style)           # ObjectViews | NotVisible per object
+
+(`build_video_views` does all three and names the video file in any SchemaError.)
 
 Only annotated frames (every 4th in SA-V) are ever chosen: elsewhere there is no mask.
 Everything here is deterministic: the same masklet and pixels give the same bytes.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import cv2
 import numpy as np
@@ -200,6 +202,9 @@ def frame_stats(masklet: Masklet) -> list[FrameStats]:
     return stats
 
 
+DEFAULT_K = 3  # stage-1 crops per object
+
+
 def default_candidates(k: int) -> int:
     """How many frames to decode and judge for sharpness when picking k."""
     return max(2 * k, 4)
@@ -225,7 +230,7 @@ def sharpness(frame: Frame, box: Box) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_32F).var())
 
 
-def select_object_frames(masklet: Masklet, frames: Frames, k: int = 3, *, candidates: int | None = None) -> list[int]:
+def select_object_frames(masklet: Masklet, frames: Frames, k: int = DEFAULT_K, *, candidates: int | None = None) -> list[int]:
     """The best k annotated frames for stage 1, best first; [] if never visible.
 
     The candidates (best cheap scores) that are present in `frames` are re-ranked by
@@ -267,8 +272,9 @@ def select_object_frames(masklet: Masklet, frames: Frames, k: int = 3, *, candid
 
 
 def scene_frame(masklet: Masklet, frames: Frames, *, candidates: int | None = None) -> int | None:
-    """Stage 2's frame: the single best one, None if the object is never visible."""
-    best = select_object_frames(masklet, frames, 1, candidates=candidates or default_candidates(1))
+    """Stage 2's frame: the single best one (the first stage-1 pick from the same
+    candidates), None if the object is never visible."""
+    best = select_object_frames(masklet, frames, 1, candidates=candidates or default_candidates(DEFAULT_K))
     return best[0] if best else None
 
 
@@ -282,7 +288,7 @@ def uniform_visible_frames(masklet: Masklet, n: int = 8) -> list[int]:
         return visible
     if n == 1:
         return [visible[len(visible) // 2]]
-    chosen = {visible[0]}
+    chosen = {visible[0], visible[-1]}
     pool = np.array(visible)
     for target in np.linspace(visible[0], visible[-1], n)[1:-1]:
         free = np.array([f not in chosen for f in visible])
@@ -307,7 +313,7 @@ class NotVisible:
     reason: str
 
 
-def select_views(masklet: Masklet, frames: Frames, k: int = 3, n_video_frames: int = 8) -> ViewSelection | NotVisible:
+def select_views(masklet: Masklet, frames: Frames, k: int = DEFAULT_K, n_video_frames: int = 8) -> ViewSelection | NotVisible:
     if masklet.visible_count == 0 or masklet.first_visible_frame is None:
         return NotVisible(masklet.video_id, masklet.object_id, "not visible in any annotated frame")
     picks = select_object_frames(masklet, frames, k)
@@ -339,7 +345,7 @@ class VideoPlan:
     frames: tuple[int, ...]  # union over objects, sorted: decode these once
 
 
-def plan_video(annotation: SavAnnotation, k: int = 3, n_video_frames: int = 8, *, candidates: int | None = None) -> VideoPlan:
+def plan_video(annotation: SavAnnotation, k: int = DEFAULT_K, n_video_frames: int = 8, *, candidates: int | None = None) -> VideoPlan:
     """Which frames each object needs, from the RLEs alone (no pixels)."""
     count = candidates or default_candidates(k)
     objects = []
@@ -368,7 +374,7 @@ def decode_frames(
     backend "pyav" (default) demuxes once, stops after the last wanted frame, and lets
     the decoder drop non-reference frames nobody asked for; plain BT.601 yuv420p is
     converted by OpenCV (faster than swscale, same matrix). backend "media" uses
-    schemas.media.read_frames (decord when installed): 2-3x slower on our 1080p
+    schemas.media.read_frames (decord when installed): about 2x slower on our 1080p
     samples for the same frames (see perf/bench_annotate_overhead.py --compare-decord).
     """
     path = str(video_path)
@@ -392,7 +398,6 @@ def _decode_pyav(path: str, wanted: list[int], yuv: bool) -> dict[int, Frame]:
     import av
 
     convert = _to_yuv_frame if yuv else _to_rgb
-    out: dict[int, Frame] = {}
     total = 0
     try:
         # skip_frame=all only affects FFmpeg's stream probing, which would otherwise
@@ -409,25 +414,9 @@ def _decode_pyav(path: str, wanted: list[int], yuv: bool) -> dict[int, Frame]:
             total = len(packets)
             pts = [p.pts for p in packets]
             if any(p is None for p in pts) or len(set(pts)) != len(pts):
-                return _decode_sequential(container, wanted, convert)
-            # A frame's index is its rank in presentation order, as decord and
-            # schemas.media count frames.
-            index_of = {p: i for i, p in enumerate(sorted(pts))}
-            want = set(wanted)
-            last = max((pos for pos, p in enumerate(pts) if index_of[p] in want), default=-1)
-            for pos, packet in enumerate(packets):
-                if pos > last:
-                    break
-                ctx.skip_frame = "DEFAULT" if index_of[packet.pts] in want else "NONREF"
-                for frame in ctx.decode(packet):
-                    i = index_of.get(frame.pts)
-                    if i in want:
-                        out[i] = convert(frame)
-            ctx.skip_frame = "DEFAULT"
-            for frame in ctx.decode(None):  # drain the frames the decoder still holds
-                i = index_of.get(frame.pts)
-                if i in want:
-                    out[i] = convert(frame)
+                out = _decode_sequential(container, wanted, convert)
+            else:
+                out = _decode_packets(ctx, packets, wanted, convert)
     except SchemaError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as err:
@@ -435,6 +424,27 @@ def _decode_pyav(path: str, wanted: list[int], yuv: bool) -> dict[int, Frame]:
     missing = [i for i in wanted if i not in out]
     if missing:
         raise SchemaError(f"frame {missing[0]} could not be decoded: the video has {total} frames", file=path)
+    return out
+
+
+def _decode_packets(ctx, packets: list, wanted: list[int], convert) -> dict[int, Frame]:
+    # A frame's index is its rank in presentation order, as decord and schemas.media
+    # count frames.
+    pts = [p.pts for p in packets]
+    index_of = {p: i for i, p in enumerate(sorted(pts))}
+    want, out = set(wanted), {}
+    last = max((pos for pos, p in enumerate(pts) if index_of[p] in want), default=-1)
+    for packet in packets[: last + 1]:
+        # Frames no one asked for are dropped when nothing references them; reference
+        # frames must still be decoded for the wanted ones to come out right.
+        ctx.skip_frame = "DEFAULT" if index_of[packet.pts] in want else "NONREF"
+        for frame in ctx.decode(packet):
+            if index_of.get(frame.pts) in want:
+                out[index_of[frame.pts]] = convert(frame)
+    ctx.skip_frame = "DEFAULT"
+    for frame in ctx.decode(None):  # drain the frames the decoder still holds
+        if index_of.get(frame.pts) in want:
+            out[index_of[frame.pts]] = convert(frame)
     return out
 
 
@@ -494,7 +504,8 @@ def rle_box(rle: Rle, box: Box) -> np.ndarray:
     """The mask inside `box` as uint8 0/1, decoding only the box's columns.
 
     COCO RLE is column-major, so columns x0..x1 are one contiguous stretch of runs;
-    this skips pycocotools' full-frame decode (~1.6 ms at 1080p, vs ~0.1 ms here).
+    the cost follows the box, not the frame (pycocotools decodes all of a 1080p
+    frame, ~1.6 ms, for every view).
     """
     height, _ = rle.size
     x0, y0, x1, y1 = box
@@ -809,7 +820,7 @@ def render_views(
     frames: Frames,
     style: HighlightStyle = HighlightStyle(),
     *,
-    k: int = 3,
+    k: int = DEFAULT_K,
     n_video_frames: int = 8,
     selection: ViewSelection | NotVisible | None = None,
     scaled: Scaled | None = None,
@@ -841,7 +852,7 @@ def render_video(
     frames: Frames,
     style: HighlightStyle = HighlightStyle(),
     *,
-    k: int = 3,
+    k: int = DEFAULT_K,
     n_video_frames: int = 8,
 ) -> list[ObjectViews | NotVisible]:
     """Views for every object of a video, from frames decoded once (plan_video's union)."""
@@ -855,7 +866,7 @@ def build_video_views(
     annotation: SavAnnotation,
     style: HighlightStyle = HighlightStyle(),
     *,
-    k: int = 3,
+    k: int = DEFAULT_K,
     n_video_frames: int = 8,
     backend: str = "pyav",
 ) -> list[ObjectViews | NotVisible]:
