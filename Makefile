@@ -30,6 +30,7 @@ test: $(BIN)/.installed
 # Speed benchmarks; each rewrites its own section of perf/README.md.
 perf: $(BIN)/.installed
 	$(BIN)/python perf/bench_scoring.py
+	$(BIN)/python perf/bench_annotate_overhead.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
