@@ -9,6 +9,8 @@ SANDBOX := $(abspath ../shared/sandbox)
 export PYTHONPATH := $(if $(wildcard $(SANDBOX)/sitecustomize.py),$(SANDBOX)$(if $(PYTHONPATH),:$(PYTHONPATH)),$(PYTHONPATH))
 export PIP_CONSTRAINT := $(abspath constraints.txt)
 export HF_HUB_OFFLINE ?= 1
+# sam2's optional CUDA extension cannot build against a CPU torch; the package works without it.
+export SAM2_BUILD_CUDA ?= 0
 DEMO_OUT ?= demo_out
 
 .PHONY: install demo test perf clean

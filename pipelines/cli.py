@@ -22,6 +22,9 @@ SECTIONS = {
         "score": ("benchmark.cli", "score_command", "Score predictions with an official protocol (J, F, J&F ...)."),
         "leaderboard": ("benchmark.cli", "leaderboard_command", "Render a leaderboard: Markdown, HTML, JSON, charts."),
     },
+    "Models": {
+        "model": ("model.cli", "model_group", "Sa2VA reference models: random-weight checkpoints (init-random)."),
+    },
     "End to end": {
         "demo": ("pipelines.demo", "demo_command", "Run the end-to-end demo on generated data."),
     },

@@ -1,0 +1,245 @@
+"""Sa2VA configuration: what a released `config.json` says, as typed values.
+
+A released Sa2VA checkpoint carries one `config.json` in one of two families
+(see shared/reference/sa2va-checkpoints.md §2):
+
+* InternVL family (`Sa2VAChatModel`): `vision_config` (InternViT), `llm_config`
+  (the causal LM), `template` (an xtuner template *name*), pixel-shuffle settings.
+* Qwen family (`Sa2VAChatModelQwen`): a Qwen2.5-VL / Qwen3-VL config plus a
+  `template` that is a Jinja chat template.
+
+Neither says which SAM-2 is inside: the released code hard-codes SAM 2.0
+Hiera-L at 1024 px. refsav's own random checkpoints (tests, benchmarks) use
+other SAM-2 sizes and record them under a `refsav` block that the released
+files do not have; its absence means "Hiera-L, 1024".
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from schemas.errors import SchemaError
+
+Family = Literal["internvl", "qwen2.5-vl", "qwen3-vl"]
+FAMILIES: tuple[str, ...] = ("internvl", "qwen2.5-vl", "qwen3-vl")
+KeyFrameMode = Literal["first", "uniform"]
+
+# Sa2VA adds these after the base model's own special tokens (reference §4).
+SA2VA_SPECIAL_TOKENS: tuple[str, ...] = ("[SEG]", "<p>", "</p>", "<vp>", "</vp>")
+INTERNVL_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
+)
+SEG_TOKEN = "[SEG]"
+IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+IMG_START_TOKEN = "<img>"
+IMG_END_TOKEN = "</img>"
+
+# Both the InternVL tiles and SAM-2's input use ImageNet statistics.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Width of the SAM-2 prompt tokens; text_hidden_fcs ends here.
+SAM_PROMPT_DIM = 256
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """An xtuner-style template: Sa2VA's `predict_forward` uses only INSTRUCTION."""
+
+    name: str
+    instruction: str  # contains "{input}"
+    stop_words: tuple[str, ...]
+
+
+TEMPLATES: Mapping[str, ChatTemplate] = {
+    "internlm2_chat": ChatTemplate(
+        "internlm2_chat", "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n", ("<|im_end|>",)
+    ),
+    "qwen_chat": ChatTemplate(
+        "qwen_chat",
+        "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n",
+        ("<|im_end|>", "<|endoftext|>"),
+    ),
+    "phi3_chat": ChatTemplate("phi3_chat", "<|user|>\n{input}<|end|>\n<|assistant|>\n", ("<|end|>",)),
+}
+
+
+@dataclass(frozen=True)
+class Sam2Spec:
+    """Which SAM-2 of Meta's `sam2` package to build, and at what input size.
+
+    Released Sa2VA: SAM 2.0 Hiera-L (`configs/sam2/sam2_hiera_l.yaml`) at 1024.
+    """
+
+    config_name: str = "configs/sam2/sam2_hiera_l.yaml"
+    image_size: int = 1024
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config_name, "image_size": self.image_size}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> "Sam2Spec":
+        if not raw:
+            return cls()
+        try:
+            return cls(config_name=str(raw["config"]), image_size=int(raw["image_size"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(f"bad SAM-2 spec {dict(raw)!r}: {exc}", field="refsav.sam2") from None
+
+
+@dataclass(frozen=True)
+class InternVLImageSpec:
+    """How InternVL-family inputs are cut into tiles (reference §6: hard-coded at inference)."""
+
+    tile_size: int = 448  # vision_config.image_size / force_image_size
+    patch_size: int = 14
+    downsample_ratio: float = 0.5
+    min_tiles: int = 1
+    max_tiles: int = 12
+    use_thumbnail: bool = True
+
+    @property
+    def tokens_per_tile(self) -> int:
+        # (448/14)^2 = 1024 patches, pixel shuffle by 0.5 → 256 tokens.
+        side = self.tile_size // self.patch_size
+        return int(side * self.downsample_ratio) ** 2
+
+
+@dataclass(frozen=True)
+class Sa2VAConfig:
+    """A released `config.json`, parsed.
+
+    `raw` is kept verbatim (deep-copied) so a checkpoint written back carries every
+    field the base model had, even those refsav does not interpret.
+    """
+
+    family: Family
+    raw: Mapping[str, Any]
+    template: str  # InternVL: xtuner template name; Qwen: Jinja chat template
+    sam2: Sam2Spec = field(default_factory=Sam2Spec)
+
+    @property
+    def llm_hidden_size(self) -> int:
+        return int(self.text_config_dict()["hidden_size"])
+
+    def text_config_dict(self) -> dict[str, Any]:
+        if self.family == "internvl":
+            return dict(self.raw["llm_config"])
+        text = self.raw.get("text_config")
+        if text:
+            return dict(text)
+        return dict(self.raw)  # flat pre-v5 Qwen2.5-VL configs keep text fields at the top
+
+    def llm_architecture(self) -> str:
+        if self.family != "internvl":
+            return self.family
+        archs = self.raw["llm_config"].get("architectures") or [""]
+        return str(archs[0])
+
+    def chat_template(self) -> ChatTemplate:
+        """The xtuner template (InternVL family only)."""
+        name = self.template.replace("-", "_")
+        if name not in TEMPLATES:
+            raise SchemaError(
+                f"unknown template {self.template!r}; expected one of {sorted(TEMPLATES)}", field="template"
+            )
+        return TEMPLATES[name]
+
+    def image_spec(self) -> InternVLImageSpec:
+        vc = self.raw["vision_config"]
+        size = self.raw.get("force_image_size") or vc.get("image_size", 448)
+        return InternVLImageSpec(
+            tile_size=int(size),
+            patch_size=int(vc.get("patch_size", 14)),
+            downsample_ratio=float(self.raw.get("downsample_ratio", 0.5)),
+        )
+
+    def to_released(self) -> dict[str, Any]:
+        out = copy.deepcopy(dict(self.raw))
+        if self.sam2 != Sam2Spec():
+            out.setdefault("refsav", {})["sam2"] = self.sam2.to_json()
+        else:
+            out.get("refsav", {}).pop("sam2", None)
+            if "refsav" in out and not out["refsav"]:
+                del out["refsav"]
+        return out
+
+    @classmethod
+    def from_released(cls, raw: Mapping[str, Any], *, file: str | None = None) -> "Sa2VAConfig":
+        """Parse a released `config.json` (already decoded). Raises SchemaError."""
+        try:
+            return _parse(raw)
+        except SchemaError as err:
+            raise err.at(file=file) from None
+
+
+def detect_family(raw: Mapping[str, Any]) -> Family:
+    if "llm_config" in raw:
+        return "internvl"
+    kinds = {
+        str((raw.get(k) or {}).get("model_type", "")) for k in ("text_config", "vision_config")
+    } | {str(raw.get("model_type", ""))}
+    archs = " ".join(raw.get("architectures") or [])
+    if any(k.startswith("qwen3_vl") for k in kinds) or "Qwen3VL" in archs:
+        return "qwen3-vl"
+    if any(k.startswith("qwen2_5_vl") for k in kinds) or "vision_config" in raw:
+        return "qwen2.5-vl"
+    raise SchemaError("neither `llm_config` (InternVL family) nor a Qwen-VL `vision_config`", field="llm_config")
+
+
+def _parse(raw: Mapping[str, Any]) -> Sa2VAConfig:
+    if not isinstance(raw, Mapping):
+        raise SchemaError("config.json must hold a JSON object")
+    family = detect_family(raw)
+    template = raw.get("template")
+    if not isinstance(template, str) or not template:
+        raise SchemaError("missing or empty", field="template")
+    sam2 = Sam2Spec.from_json((raw.get("refsav") or {}).get("sam2"))
+    cfg = Sa2VAConfig(family=family, raw=copy.deepcopy(dict(raw)), template=template, sam2=sam2)
+    if family == "internvl":
+        for key in ("vision_config", "llm_config"):
+            if not isinstance(raw.get(key), Mapping):
+                raise SchemaError("missing or not an object", field=key)
+        if str(raw.get("ps_version", "v2")) == "v1":
+            raise SchemaError("ps_version 'v1' pixel shuffle is not supported (InternVL2.5/3 use 'v2')",
+                              field="ps_version")
+        cfg.chat_template()  # fail early on an unknown template name
+        if "hidden_size" not in raw["llm_config"]:
+            raise SchemaError("missing", field="llm_config.hidden_size")
+    elif "hidden_size" not in cfg.text_config_dict():
+        raise SchemaError("missing", field="text_config.hidden_size")
+    return cfg
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Inference settings. Defaults reproduce the official `predict_forward`."""
+
+    max_new_tokens: int = 2048
+    key_frames: KeyFrameMode = "first"  # official: the first `num_key_frames` frames
+    num_key_frames: int = 5
+    mask_threshold: float = 0.0  # on logits; sigmoid > 0.5 in the official code
+    # SAM-2 memory bank entries are stored in bf16 by the official predictor.
+    memory_in_bf16: bool = True
+    # Frames per image-encoder batch; features are dropped after use, so at most
+    # this many frames' features are alive at once.
+    backbone_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.key_frames not in ("first", "uniform"):
+            raise SchemaError(f"must be 'first' or 'uniform', got {self.key_frames!r}", field="key_frames")
+        if self.num_key_frames < 1:
+            raise SchemaError("must be >= 1", field="num_key_frames")
+        if self.max_new_tokens < 0:
+            raise SchemaError("must be >= 0", field="max_new_tokens")
+        if self.backbone_batch < 1:
+            raise SchemaError("must be >= 1", field="backbone_batch")
+
+
+__all__ = [
+    "ChatTemplate", "FAMILIES", "Family", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_CONTEXT_TOKEN",
+    "IMG_END_TOKEN", "IMG_START_TOKEN", "INTERNVL_SPECIAL_TOKENS", "InternVLImageSpec", "KeyFrameMode",
+    "PredictOptions", "SA2VA_SPECIAL_TOKENS", "SAM_PROMPT_DIM", "SEG_TOKEN", "Sa2VAConfig", "Sam2Spec",
+    "TEMPLATES", "detect_family",
+]

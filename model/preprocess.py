@@ -1,0 +1,132 @@
+"""Pixel preprocessing for Sa2VA, as the official `predict_forward` does it (reference §6).
+
+Pure functions of PIL images / arrays. Two consumers:
+* the LLM's vision encoder (InternVL tiles of 448 px, or whole frames for video),
+* SAM-2 (every frame resized to a square `image_size`, aspect ratio ignored).
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from schemas.errors import SchemaError
+
+from .config import IMAGENET_MEAN, IMAGENET_STD, InternVLImageSpec, KeyFrameMode
+
+Frame = Union[Image.Image, np.ndarray]
+
+
+def to_pil(frame: Frame, *, where: str = "frame") -> Image.Image:
+    """An RGB PIL image from a PIL image or an (H, W, 3) uint8 array."""
+    if isinstance(frame, Image.Image):
+        return frame if frame.mode == "RGB" else frame.convert("RGB")
+    arr = np.asarray(frame)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise SchemaError(
+            f"expected an (H, W, 3) uint8 RGB array or a PIL image, got {arr.dtype} {arr.shape}", field=where
+        )
+    return Image.fromarray(arr, mode="RGB")
+
+
+def normalize(img: Image.Image) -> torch.Tensor:
+    """RGB PIL → (3, H, W) float32, ImageNet-normalised (ToTensor + Normalize)."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def candidate_grids(min_num: int, max_num: int) -> list[tuple[int, int]]:
+    """All (cols, rows) with min_num <= cols*rows <= max_num, by tile count.
+
+    Equal-count grids keep the order InternVL's set iteration gives them; only
+    equal-aspect grids can tie later, and those never share a tile count.
+    """
+    grids = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    return sorted(grids, key=lambda g: g[0] * g[1])
+
+
+def closest_grid(width: int, height: int, spec: InternVLImageSpec) -> tuple[int, int]:
+    """InternVL's `find_closest_aspect_ratio`: the grid whose aspect is nearest
+    W/H; on an exact tie the larger grid wins if the image has enough pixels."""
+    aspect = width / height
+    area = width * height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(spec.min_tiles, spec.max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * spec.tile_size * spec.tile_size * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def image_tiles(img: Image.Image, spec: InternVLImageSpec) -> list[Image.Image]:
+    """InternVL `dynamic_preprocess`: resize to a grid of square tiles, row-major,
+    then (if more than one tile) a thumbnail of the whole image last."""
+    cols, rows = closest_grid(img.width, img.height, spec)
+    s = spec.tile_size
+    resized = img.resize((s * cols, s * rows), Image.BICUBIC)
+    tiles = [
+        resized.crop(((k % cols) * s, (k // cols) * s, (k % cols + 1) * s, (k // cols + 1) * s))
+        for k in range(cols * rows)
+    ]
+    if spec.use_thumbnail and len(tiles) != 1:
+        tiles.append(img.resize((s, s), Image.BICUBIC))
+    return tiles
+
+
+def internvl_image_pixels(img: Image.Image, spec: InternVLImageSpec) -> torch.Tensor:
+    """An image → (n_tiles, 3, tile, tile)."""
+    return torch.stack([normalize(t) for t in image_tiles(img, spec)])
+
+
+def internvl_frame_pixels(frames: Sequence[Image.Image], spec: InternVLImageSpec) -> torch.Tensor:
+    """Video key frames → (n_frames, 3, tile, tile): each frame squashed to one tile."""
+    s = spec.tile_size
+    return torch.stack([normalize(f.resize((s, s), Image.BICUBIC)) for f in frames])
+
+
+def image_token_string(tokens_per_frame: Sequence[int], *, start: str, context: str, end: str) -> str:
+    """`<img><IMG_CONTEXT>×n</img>\\n` per frame, joined and stripped (official code)."""
+    return "".join(f"{start}{context * n}{end}\n" for n in tokens_per_frame).strip()
+
+
+def sam2_pixels(img: Image.Image, image_size: int) -> torch.Tensor:
+    """A frame → (3, S, S) for SAM-2: squash-resize (bicubic), ImageNet-normalise."""
+    return normalize(img.resize((image_size, image_size), Image.BICUBIC))
+
+
+def select_key_frames(num_frames: int, mode: KeyFrameMode, k: int) -> tuple[int, ...]:
+    """Frames the LLM sees; the same frames receive the [SEG] prompt in SAM-2.
+
+    "first": frames 0..k-1 (official Sa2VA). "uniform": k frames spread evenly from
+    the first to the last frame. Both always include frame 0, so forward tracking
+    from the earliest key frame covers the whole video.
+    """
+    if num_frames < 1:
+        raise SchemaError("a video needs at least one frame", field="video")
+    k = min(k, num_frames)
+    if mode == "first":
+        return tuple(range(k))
+    if mode == "uniform":
+        if k == 1:
+            return (0,)
+        picks = np.linspace(0, num_frames - 1, k).round().astype(int)
+        return tuple(sorted({int(i) for i in picks}))
+    raise SchemaError(f"must be 'first' or 'uniform', got {mode!r}", field="key_frames")
+
+
+__all__ = [
+    "Frame", "candidate_grids", "closest_grid", "image_tiles", "image_token_string", "internvl_frame_pixels",
+    "internvl_image_pixels", "normalize", "sam2_pixels", "select_key_frames", "to_pil",
+]

@@ -1,0 +1,167 @@
+"""Sa2VA inference speed and memory vs video length, on one CUDA GPU (bf16).
+
+Builds random-weight Sa2VA-1B / -4B checkpoints in the released layout
+(`refsav model init-random`), loads them through the normal loader, and runs
+`predict` on synthetic videos of growing length. Random weights cannot be trusted
+to emit [SEG], so the answer is forced ("Sure, [SEG]." — one teacher-forced
+forward over prompt + answer), which times exactly the official prompt (5 key
+frames × 256 tokens) and the full SAM-2 pass (every frame, 1024 px, memory
+attention over key frames + the 6 previous frames).
+
+Reported per (model, frames, objects): LLM seconds, SAM-2 seconds, SAM-2 and
+end-to-end frames/s, and peak GPU memory (torch.cuda.max_memory_allocated).
+Reference point: the official code keeps every frame at 1024 px on the GPU and
+runs out of memory at ~80 frames for the 8B model on a 48 GB card; refsav
+streams frames, so peak memory should stay flat as the video grows.
+
+    python perf/bench_model_gpu.py --out perf/model_gpu.md
+    python perf/bench_model_gpu.py --sizes 1b --frames 8,32 --objects 1,3   # quick look
+
+Needs CUDA: without it, exits at once with a message (status 2). `--cpu-smoke
+--sizes tiny` runs the same code on CPU to check the script itself.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class SyntheticVideo:
+    """Frames made on demand (a square moving over a fixed noise background), so a
+    256-frame 720p video costs no memory until a frame is asked for."""
+
+    def __init__(self, n: int, height: int, width: int, seed: int = 0):
+        self.n, self.h, self.w = n, height, width
+        self.background = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        frame = self.background.copy()
+        side = max(8, min(self.h, self.w) // 5)
+        y = (i * 7) % max(1, self.h - side)
+        x = (i * 11) % max(1, self.w - side)
+        frame[y : y + side, x : x + side] = (230, 40, 40)
+        return frame
+
+
+def parse_list(text: str, cast=int) -> list:
+    return [cast(t) for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1b,4b", help="comma list of init-random sizes (1b, 4b)")
+    ap.add_argument("--base", default="internvl", choices=["internvl", "qwen2.5-vl"])
+    ap.add_argument("--frames", default="8,32,64,128,256", help="comma list of video lengths")
+    ap.add_argument("--objects", default="1", help="comma list of [SEG] counts per answer")
+    ap.add_argument("--resolution", default="720x1280", help="frame HxW")
+    ap.add_argument("--key-frames", default="first", choices=["first", "uniform"])
+    ap.add_argument("--backbone-batch", type=int, default=1, help="frames per SAM-2 image-encoder batch")
+    ap.add_argument("--workdir", default="perf/_model_ckpts", help="where the random checkpoints are written")
+    ap.add_argument("--out", default=None, help="also write the Markdown table here")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="run the same code on CPU in float32 with --sizes tiny (checks the script, measures nothing useful)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.cpu_smoke:
+        device, dtype = torch.device("cpu"), torch.float32
+    elif not torch.cuda.is_available():
+        print("bench_model_gpu: needs a CUDA GPU (torch.cuda.is_available() is False); nothing was run.",
+              file=sys.stderr)
+        return 2
+    else:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    from model.checkpoint import load_sa2va
+    from model.config import PredictOptions
+    from model.random_init import write_random_checkpoint
+
+    height, width = (int(v) for v in args.resolution.lower().split("x"))
+    gpu = torch.cuda.get_device_name(device) if cuda else "CPU (smoke run)"
+    rows = []
+    for size in parse_list(args.sizes, str):
+        folder = Path(args.workdir) / f"{args.base}-{size}"
+        if not (folder / "config.json").is_file():
+            t0 = time.perf_counter()
+            ckpt = write_random_checkpoint(folder, size, args.base, dtype=dtype)
+            print(f"# wrote {folder} ({ckpt.num_parameters / 1e9:.2f} B params) in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr)
+        t0 = time.perf_counter()
+        sa2va = load_sa2va(folder, dtype=dtype, device=device)
+        print(f"# loaded {folder} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        prompt = "<image>\nPlease segment the red square."
+        warm = SyntheticVideo(6, height, width)
+        sa2va.predict(prompt, video=warm, answer="Sure, [SEG].", options=PredictOptions())  # CUDA / cuDNN warm-up
+        for n_obj in parse_list(args.objects):
+            answer = "Sure, " + " and ".join(["[SEG]"] * n_obj) + "."
+            for n in parse_list(args.frames):
+                video = SyntheticVideo(n, height, width)
+                opts = PredictOptions(key_frames=args.key_frames, backbone_batch=args.backbone_batch)
+                sync()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                base_mem = torch.cuda.memory_allocated() if cuda else float("nan")
+                t0 = time.perf_counter()
+                ground = sa2va.ground(prompt, video=video, options=opts, answer=answer)
+                sync()
+                t1 = time.perf_counter()
+                prompts = sa2va.model.seg_prompts(ground.seg_hidden)
+                tracked = 0
+                for _, masks in sa2va.track_masks(video, prompts, ground.key_frames, opts):
+                    tracked += 1  # masks are dropped: the table measures the model, not mask storage
+                sync()
+                t2 = time.perf_counter()
+                if tracked != n or ground.seg_hidden.shape[0] != n_obj:
+                    raise RuntimeError(f"tracked {tracked}/{n} frames, {ground.seg_hidden.shape[0]}/{n_obj} objects")
+                peak = torch.cuda.max_memory_allocated() if cuda else float("nan")
+                rows.append({
+                    "model": f"{args.base}-{size}", "frames": n, "objects": n_obj,
+                    "llm_s": t1 - t0, "sam_s": t2 - t1,
+                    "sam_fps": n / (t2 - t1), "total_fps": n / (t2 - t0),
+                    "peak_gib": peak / 2**30, "weights_gib": base_mem / 2**30,
+                })
+                r = rows[-1]
+                print(f"# {r['model']} T={n} obj={n_obj}: LLM {r['llm_s']:.2f}s SAM {r['sam_s']:.2f}s "
+                      f"({r['sam_fps']:.1f} fps) peak {r['peak_gib']:.2f} GiB", file=sys.stderr)
+        del sa2va
+        if cuda:
+            torch.cuda.empty_cache()
+
+    lines = [
+        f"Sa2VA inference on {gpu}, {str(dtype).removeprefix('torch.')}, random weights, {height}x{width} frames, "
+        f"key frames '{args.key_frames}', forced answer with N [SEG] (teacher forcing), backbone batch {args.backbone_batch}.",
+        "",
+        "| model | frames | [SEG] objects | LLM s | SAM-2 s | SAM-2 frames/s | end-to-end frames/s | peak GPU GiB | weights GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['frames']} | {r['objects']} | {r['llm_s']:.2f} | {r['sam_s']:.2f} | "
+            f"{r['sam_fps']:.1f} | {r['total_fps']:.1f} | {r['peak_gib']:.2f} | {r['weights_gib']:.2f} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        from schemas.io import atomic_write_text
+
+        atomic_write_text(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

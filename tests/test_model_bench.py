@@ -1,0 +1,39 @@
+"""Smoke test of perf/bench_model_gpu.py: the GPU benchmark cannot run here, so its
+`--cpu-smoke` mode runs the same code on a tiny model, and without CUDA the real
+mode must stop at once with a clear message."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "perf" / "bench_model_gpu.py"
+
+
+def _run(*args, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(BENCH), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cpu_smoke_run_writes_the_table(tmp_path):
+    out = tmp_path / "table.md"
+    proc = _run("--cpu-smoke", "--sizes", "tiny", "--frames", "3,6", "--objects", "2", "--resolution", "48x64",
+                "--workdir", str(tmp_path / "ckpts"), "--out", str(out), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = out.read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| internvl-tiny")]
+    assert [r.split("|")[2].strip() for r in rows] == ["3", "6"]
+    assert all(r.split("|")[3].strip() == "2" for r in rows)
+    assert (tmp_path / "ckpts" / "internvl-tiny" / "config.json").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message path only exists without CUDA")
+def test_without_cuda_it_stops_with_a_message(tmp_path):
+    proc = _run("--sizes", "1b", "--workdir", str(tmp_path), tmp_path=tmp_path)
+    assert proc.returncode == 2
+    assert "needs a CUDA GPU" in proc.stderr
+    assert not any(tmp_path.iterdir())  # failed before writing any checkpoint
