@@ -88,7 +88,7 @@ def test_end_to_end_rows_provenance_and_datasets(sav, baseline, vlm_server):  # 
     assert s["shards"] == s["shards_done"] == 2 and not s["shards_failed"]
     assert s["videos"] == 3 and s["videos_skipped"] == 0
     assert s["objects_seen"] == n_objects == s["objects_kept"] + sum(s["objects_dropped"].values())
-    assert s["vlm_calls"] > 0 and s["prompt_tokens"] > 0 and s["completion_tokens"] > 0
+    assert s["vlm"]["calls"] > 0 and s["vlm"]["prompt_tokens"] > 0 and s["vlm"]["completion_tokens"] > 0
 
     ds = datasets.load_dataset("parquet", data_dir=str(baseline / "data"))["train"]
     assert ds.num_rows == s["objects_kept"] > 0
@@ -119,7 +119,7 @@ def test_rerun_skips_complete_shards_and_calls_no_model(sav, baseline, vlm_serve
     proc = run(annotate_cmd(sav, baseline, vlm_server, "--no-check", "--workers", "1", "--shard-size", "2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = summary(baseline)
-    assert s["shards_resumed"] == s["shards"] == 2 and s["vlm_calls"] == 0
+    assert s["shards_resumed"] == s["shards"] == 2 and s["vlm"]["calls"] == 0
     assert {p: p.stat().st_mtime_ns for p in (baseline / "data").glob("*.parquet")} == before
 
 
@@ -203,7 +203,7 @@ def test_server_stopped_mid_run_records_failures_and_completes(sav, tiny_vlm_dir
     assert proc.returncode == 0, stderr[-3000:]
     s = summary(out)
     assert s["shards_done"] == 3 and not s["shards_failed"]
-    assert s["objects_dropped"].get("vlm_error", 0) > 0 and s["vlm_failed_calls"] > 0
+    assert s["objects_dropped"].get("vlm_error", 0) > 0 and s["vlm"]["failed_calls"] > 0
     failures = [f for p in sorted((out / "stats").glob("*.json")) for f in json.loads(p.read_text())["failures"]]
     assert {f["reason"] for f in failures} == {"vlm_error"}
     assert all("gave up after 2 attempts" in f["detail"] for f in failures)

@@ -23,8 +23,8 @@ def _print_summary(s: RunSummary) -> None:
     for reason, n in sorted(s.objects_dropped.items()):
         table.add_row(f"  dropped: {reason}", str(n))
     table.add_row("flagged ambiguous", str(s.ambiguous))
-    table.add_row("VLM calls (cache hits, failed)", f"{s.vlm_calls} ({s.vlm_cache_hits}, {s.vlm_failed_calls})")
-    table.add_row("tokens in / out", f"{s.prompt_tokens} / {s.completion_tokens}")
+    table.add_row("VLM calls (cache hits, failed)", f"{s.vlm.calls} ({s.vlm.cache_hits}, {s.vlm.failed_calls})")
+    table.add_row("tokens in / out", f"{s.vlm.prompt_tokens} / {s.vlm.completion_tokens}")
     table.add_row("wall time", f"{s.seconds:.1f} s")
     Console(stderr=True).print(table)
 

@@ -22,6 +22,7 @@ from .config import AnnotateConfig
 from .inputs import VideoInput, discover
 from .prompts import load_prompts
 from .shards import ShardStats, ShardTask, run_shard
+from .stages import Meter
 
 DEFAULT_SHARD_SIZE = 8  # videos per shard
 
@@ -41,12 +42,7 @@ class RunSummary:
     objects_kept: int = 0
     objects_dropped: dict[str, int] = field(default_factory=dict)
     ambiguous: int = 0
-    vlm_calls: int = 0
-    vlm_cache_hits: int = 0
-    vlm_failed_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    vlm_seconds: float = 0.0
+    vlm: Meter = field(default_factory=Meter)
     seconds: float = 0.0
 
     def add(self, s: ShardStats) -> None:
@@ -59,14 +55,8 @@ class RunSummary:
         for reason, n in s.objects_dropped.items():
             self.objects_dropped[reason] = self.objects_dropped.get(reason, 0) + n
         self.ambiguous += s.ambiguous
-        if s.resumed:
-            return  # its VLM usage belongs to the run that made it (kept in its stats file)
-        self.vlm_calls += s.vlm_calls
-        self.vlm_cache_hits += s.vlm_cache_hits
-        self.vlm_failed_calls += s.vlm_failed_calls
-        self.prompt_tokens += s.prompt_tokens
-        self.completion_tokens += s.completion_tokens
-        self.vlm_seconds = round(self.vlm_seconds + s.vlm_seconds, 3)
+        if not s.resumed:  # a resumed shard's VLM usage belongs to the run that made it
+            self.vlm.add(s.vlm)
 
     @property
     def complete(self) -> bool:

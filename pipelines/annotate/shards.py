@@ -65,12 +65,7 @@ class ShardStats:
     objects_dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     failures: list[dict] = field(default_factory=list)  # {video_id, object_id, reason, detail}
     ambiguous: int = 0
-    vlm_calls: int = 0
-    vlm_cache_hits: int = 0
-    vlm_failed_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    vlm_seconds: float = 0.0
+    vlm: Meter = field(default_factory=Meter)
     render_seconds: float = 0.0
     seconds: float = 0.0
     resumed: bool = False  # True when this run found the shard already complete
@@ -78,7 +73,9 @@ class ShardStats:
     @classmethod
     def from_json(cls, d: dict) -> "ShardStats":
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        values["vlm"] = Meter(**values.get("vlm", {}))
+        return cls(**values)
 
 
 def run_shard(task: ShardTask) -> ShardStats:
@@ -109,7 +106,7 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
 
     config = task.config
     stats = ShardStats(shard=task.index, videos=len(task.videos))
-    meter = Meter()
+    meter = stats.vlm
     prompts = load_prompts(config.prompts_dir)
     describer = _backend(config.vlm, config.cache_path, make_backend)
     checker = _backend(config.checker, config.cache_path, make_backend) if config.checker else describer
@@ -146,9 +143,7 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
     stats.videos_skipped.sort(key=lambda s: s["video_id"])
     stats.objects_kept = len(rows)
     stats.ambiguous = sum(e.ambiguous for e in rows)
-    stats.vlm_calls, stats.vlm_cache_hits, stats.vlm_failed_calls = meter.calls, meter.cache_hits, meter.failed_calls
-    stats.prompt_tokens, stats.completion_tokens = meter.prompt_tokens, meter.completion_tokens
-    stats.vlm_seconds = round(meter.seconds, 3)
+    meter.seconds = round(meter.seconds, 3)
     stats.render_seconds = round(stats.render_seconds, 3)
     return rows, stats
 

@@ -29,7 +29,7 @@ HIGHLIGHT_WORDS = {
 
 @dataclass
 class Meter:
-    """VLM usage of one shard, for its stats JSON."""
+    """VLM usage: of one shard in its stats JSON, of one run in run.json."""
 
     calls: int = 0  # requests answered by a server or model
     cache_hits: int = 0
@@ -46,6 +46,14 @@ class Meter:
         self.prompt_tokens += response.prompt_tokens
         self.completion_tokens += response.completion_tokens
         self.seconds += response.seconds
+
+    def add(self, other: "Meter") -> None:
+        self.calls += other.calls
+        self.cache_hits += other.cache_hits
+        self.failed_calls += other.failed_calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.seconds = round(self.seconds + other.seconds, 3)
 
 
 @dataclass(frozen=True)
