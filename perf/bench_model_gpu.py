@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python perf/...
+
 
 class SyntheticVideo:
     """Frames made on demand (a square moving over a fixed noise background), so a
@@ -160,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         from schemas.io import atomic_write_text
 
         atomic_write_text(args.out, table)
+    if cuda:
+        from perf.readme import update_section
+
+        update_section("bench_model_gpu", f"## Sa2VA speed and memory on GPU\n\n`python perf/bench_model_gpu.py`\n\n{table}")
     return 0
 
 
