@@ -23,6 +23,8 @@ SECTIONS = {
         "leaderboard": ("benchmark.cli", "leaderboard_command", "Render a leaderboard: Markdown, HTML, JSON, charts."),
     },
     "Models": {
+        "predict": ("model.predict", "predict_command", "Run a Sa2VA checkpoint over a benchmark; resumable, multi-GPU."),
+        "evaluate": ("model.predict", "evaluate_command", "Predict, score, and add a leaderboard entry."),
         "model": ("model.cli", "model_group", "Sa2VA reference models: random-weight checkpoints (init-random)."),
     },
     "End to end": {

@@ -76,7 +76,7 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
     export_group.main(["benchmark", "--data", str(out / "annotated"), "--out", str(out / "exports" / "benchmark"),
                        "--overwrite"], standalone_mode=False)
 
-    click.echo("[5/6] score: NOTE no model has run (refsav predict is not available yet); scoring three")
+    click.echo("[5/6] score: NOTE no model has run (no checkpoint can be downloaded here); scoring three")
     click.echo("      reference submissions made from the ground truth: perfect, noisy (shifted/eroded), empty")
     gt = RefVosGroundTruth.load(gt_dir)
     db = out / "leaderboard.sqlite"
@@ -93,5 +93,5 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
 
     click.echo(f"[6/6] leaderboard: rendering {db}")
     leaderboard_command.main(["--db", str(db), "--out", str(out / "leaderboard")], standalone_mode=False)
-    click.echo("      not yet available in this version: predict (Sa2VA inference)")
+    click.echo("      not run here: refsav predict / evaluate (Sa2VA inference; wants a released checkpoint and a GPU)")
     click.echo(f"done in {time.perf_counter() - start:.1f} s; open {out / 'leaderboard' / 'leaderboard.html'}")

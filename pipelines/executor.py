@@ -67,10 +67,14 @@ class DaskExecutor:
 
     name = "dask"
 
-    def __init__(self, workers: int = 1, scheduler: str | None = None, memory_limit: str | None = None) -> None:
+    def __init__(self, workers: int = 1, scheduler: str | None = None, memory_limit: str | None = None,
+                 gpus: bool = False) -> None:
+        """`gpus`: every task holds one GPU (Dask resource "GPU"). Local workers then get one
+        device each; the workers of an existing cluster must be started with `--resources GPU=1`."""
         from distributed import Client, LocalCluster
 
         self._cluster = None
+        self.resources = {"GPU": 1} if gpus else None
         if scheduler:
             self._client = Client(scheduler, timeout="30s")
         else:
@@ -81,8 +85,17 @@ class DaskExecutor:
                 dashboard_address=None,
                 memory_limit=memory_limit or "auto",
                 silence_logs=40,  # logging.ERROR: worker chatter would bury the progress bar
+                resources=self.resources,
             )
             self._client = Client(self._cluster)
+            if gpus:
+                visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+                devices = [d for d in visible.split(",") if d] if visible else [str(i) for i in range(workers)]
+                if len(devices) < workers:
+                    from schemas.errors import SchemaError
+
+                    raise SchemaError(f"--workers {workers} needs {workers} GPUs; {len(devices)} visible", field="workers")
+                self._client.register_plugin(_OneGpuPerWorker(devices))
         self.address = self._client.scheduler.address
 
     @property
@@ -95,7 +108,8 @@ class DaskExecutor:
         if not tasks:
             return
         # pure=False: a rerun must run again (inputs on disk may have changed), not reuse a key.
-        futures = {self._client.submit(fn, task, pure=False): task for task in tasks}
+        extra = {"resources": self.resources} if self.resources else {}
+        futures = {self._client.submit(fn, task, pure=False, **extra): task for task in tasks}
         for future in as_completed(futures):
             task = futures[future]
             if future.status == "finished":
@@ -114,6 +128,25 @@ class DaskExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _OneGpuPerWorker:
+    """Worker plugin: LocalCluster names its workers 0..N-1, and worker i sees only GPU
+    devices[i]. It runs before the worker's first task, so before torch initialises CUDA."""
+
+    name = "refsav-one-gpu-per-worker"
+
+    def __init__(self, devices: list[str]) -> None:
+        self.devices = devices
+
+    def setup(self, worker) -> None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.devices[int(worker.name) % len(self.devices)]
+
+    def teardown(self, worker) -> None:
+        pass
+
+    def transition(self, *args, **kwargs) -> None:
+        pass
 
 
 Executor = InlineExecutor | DaskExecutor

@@ -1,0 +1,474 @@
+"""`refsav predict` and `refsav evaluate`: run a Sa2VA checkpoint over a benchmark.
+
+Video protocols (refsav, mevis, revos, refdavis) read `meta_expressions*.json` and the
+frames beside it (`videos/<vid>/<frame>.jpg` for the Ref-SAV eval set,
+`JPEGImages/<vid>/<frame>.jpg` for MeViS / ReVOS), run `Sa2VA.predict` once per
+expression on the video's frames, and write:
+
+    OUT/run.json              the settings; a resumed run must use the same ones
+    OUT/parts/<video>.json    one video of Sa2VA's results.json, written atomically
+    OUT/results.json          all parts, in ground-truth order (what `refsav score` reads)
+
+A video whose part exists is skipped, so an interrupted run resumes where it stopped.
+Image protocols (refcoco family) write `OUT/parts/chunk_<k>.parquet` per chunk of
+sentences and `OUT/predictions.parquet` (`ImagePrediction` rows).
+
+Several GPUs: `--workers N` starts a Dask LocalCluster of N single-GPU workers
+(`CUDA_VISIBLE_DEVICES` set per worker, tasks need resource GPU=1); `--scheduler
+ADDR` uses an existing cluster (start its workers with `--resources GPU=1` when
+predicting on cuda). Each worker process loads the model once.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import click
+
+from schemas.errors import SchemaError
+from schemas.io import atomic_write_json, read_json
+
+VIDEO_PROTOCOLS = ("refsav", "mevis", "revos", "refdavis")
+IMAGE_PROTOCOLS = ("refcoco", "refcoco+", "refcocog", "grefcoco")
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+# Frame folders of the meta_expressions family, first found wins (reference §1a-1c).
+FRAME_FOLDERS = ("videos", "JPEGImages")
+FRAME_EXTS = (".jpg", ".jpeg", ".png")
+# COCO train2014 naming first (refer README), then bare ids.
+COCO_NAMES = ("COCO_train2014_{id:012d}", "{id:012d}", "{id}")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides a prediction; stored in run.json so that a resumed
+    run cannot mix outputs of two models or two settings."""
+
+    model: str  # checkpoint folder (absolute)
+    protocol: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    key_frames: str = "first"
+    num_key_frames: int = 5
+    max_new_tokens: int = 2048
+    answer: str | None = None  # forced answer (teacher forcing): times the mask path, not the LLM
+
+    def options(self):
+        from .config import PredictOptions
+
+        return PredictOptions(max_new_tokens=self.max_new_tokens, key_frames=self.key_frames,
+                              num_key_frames=self.num_key_frames)
+
+
+def prompt_for(expression: str, *, image: bool = False) -> str:
+    """Sa2VA's evaluation prompts (reference sa2va-checkpoints §6, formats-benchmarks §4)."""
+    exp = expression.strip()
+    if image:
+        return f"<image>\n Please segment {exp} in this image."
+    if "?" in exp:
+        return f"<image>\n {exp} Please respond with a segmentation mask."
+    return f"<image>\nPlease segment {exp}."
+
+
+# ----------------------------------------------------------------------------- model cache
+
+_MODELS: dict[tuple[str, str, str], Any] = {}
+
+
+def _load_model(path: str, dtype: str, device: str):
+    import torch
+
+    from .checkpoint import load_sa2va
+
+    return load_sa2va(path, dtype=getattr(torch, dtype), device=device)
+
+
+def get_model(spec: RunSpec):
+    """The loaded model of this process (a Dask worker loads it on its first task)."""
+    key = (spec.model, spec.dtype, spec.device)
+    if key not in _MODELS:
+        _MODELS.clear()  # one model per process: GPU memory holds one
+        _MODELS[key] = _load_model(*key)
+    return _MODELS[key]
+
+
+# ----------------------------------------------------------------------------- video protocols
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    video: Any  # schemas.refvos.RefVideo
+    frame_dir: str
+    part: str  # OUT/parts/<video>.json
+    index0: int  # global index of the video's first expression (results.json "index")
+    spec: RunSpec
+
+
+def find_frame_root(gt: Path) -> Path:
+    for name in FRAME_FOLDERS:
+        if (gt / name).is_dir():
+            return gt / name
+    raise SchemaError(f"no frame folder: expected {' or '.join(f + '/<video>/<frame>.jpg' for f in FRAME_FOLDERS)}",
+                      file=gt)
+
+
+def _frame_path(folder: Path, frame: str, video_id: str) -> Path:
+    for ext in FRAME_EXTS:
+        p = folder / f"{frame}{ext}"
+        if p.exists():
+            return p
+    raise SchemaError(f"frame {frame!r} not found in {folder}", record=video_id, field="frames")
+
+
+def load_frames(video, frame_dir: Path) -> list:
+    """The video's frames as RGB PIL images, in meta order, checked against its height/width."""
+    from PIL import Image
+
+    folder = frame_dir / video.video_id
+    frames = []
+    for name in video.frames:
+        path = _frame_path(folder, name, video.video_id)
+        try:
+            with Image.open(path) as img:
+                frames.append(img.convert("RGB"))
+        except OSError as err:
+            raise SchemaError(f"unreadable image ({err})", file=path) from None
+    if not frames:
+        raise SchemaError("the video lists no frames", record=video.video_id, field="frames")
+    w, h = frames[0].size
+    if video.height and video.width and (video.height, video.width) != (h, w):
+        raise SchemaError(f"frames are {h}x{w}, the meta file says {video.height}x{video.width}",
+                          record=video.video_id, field="height")
+    return frames
+
+
+def predict_video(task: VideoTask) -> str:
+    """Predict every expression of one video and write its part; returns the video id."""
+    import numpy as np
+
+    from schemas import rle as rle_ops
+
+    video = task.video
+    frames = load_frames(video, Path(task.frame_dir))
+    h, w = frames[0].height, frames[0].width
+    sa2va = get_model(task.spec)
+    opts = task.spec.options()
+    part: dict[str, Any] = {}
+    for k, exp in enumerate(video.expressions):
+        prompt = prompt_for(exp.exp)
+        pred = sa2va.predict(prompt, video=frames, options=opts, answer=task.spec.answer)
+        # Sa2VA's ref-VOS evaluation keeps the first [SEG]'s masklet; no [SEG] = empty masks.
+        masks = pred.masks[0] if pred.masks else np.zeros((len(frames), h, w), dtype=bool)
+        part[exp.exp_id] = {
+            "index": task.index0 + k,
+            "video_id": video.video_id,
+            "exp_id": exp.exp_id,
+            "text_prediction": pred.text,
+            "frames": list(video.frames),
+            "exp": prompt,
+            "prediction_masks": [rle_ops.encode(m).to_json() for m in masks],
+        }
+    atomic_write_json(task.part, part)
+    return video.video_id
+
+
+def _part_is_complete(path: Path, video) -> bool:
+    """A part counts as done if it is readable JSON with every expression of the video;
+    anything else is redone (parts are written atomically, so this is rare)."""
+    if not path.exists():
+        return False
+    try:
+        obj = read_json(path)
+    except SchemaError:
+        return False
+    return isinstance(obj, dict) and set(obj) == {e.exp_id for e in video.expressions}
+
+
+def _safe_name(video_id: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", video_id) or video_id in (".", ".."):
+        raise SchemaError("video id is not a safe file name", record=video_id, field="video_id")
+    return video_id
+
+
+# ----------------------------------------------------------------------------- image protocols
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    samples: tuple  # benchmark.refcoco.ImageSample
+    images: dict  # image_id -> file path
+    part: str
+    spec: RunSpec
+
+
+def find_image(folder: Path, image_id: int) -> Path:
+    for pattern in COCO_NAMES:
+        for ext in FRAME_EXTS:
+            p = folder / (pattern.format(id=image_id) + ext)
+            if p.exists():
+                return p
+    raise SchemaError(f"image {image_id} not found (tried COCO_train2014_{image_id:012d}.jpg)", file=folder)
+
+
+def predict_images(task: ImageTask) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from schemas import rle as rle_ops
+    from schemas.io import write_parquet
+    from schemas.predictions import ImagePrediction
+
+    sa2va = get_model(task.spec)
+    opts = task.spec.options()
+    rows = []
+    cache: tuple[int, Any] | None = None  # sentences of a ref share the image
+    for s in task.samples:
+        if cache is None or cache[0] != s.image_id:
+            path = task.images[s.image_id]
+            try:
+                with Image.open(path) as img:
+                    cache = (s.image_id, img.convert("RGB"))
+            except OSError as err:
+                raise SchemaError(f"unreadable image ({err})", file=path) from None
+        image = cache[1]
+        if (image.height, image.width) != (s.height, s.width):
+            raise SchemaError(f"image is {image.height}x{image.width}, instances.json says {s.height}x{s.width}",
+                              file=task.images[s.image_id])
+        pred = sa2va.predict(prompt_for(s.sent, image=True), image=image, options=opts, answer=task.spec.answer)
+        # Sa2VA's RES evaluation: the OR of every [SEG]'s mask.
+        mask = np.zeros((s.height, s.width), dtype=bool)
+        for m in pred.masks:
+            mask |= m[0]
+        rows.append(ImagePrediction(s.sample_id, str(s.image_id), rle_ops.encode(mask), None, pred.text))
+    write_parquet(task.part, rows, ImagePrediction)
+    return len(rows)
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+def _executor(workers: int, scheduler: str | None, device: str):
+    from pipelines.executor import DaskExecutor, InlineExecutor
+
+    if not scheduler and workers <= 1:
+        return InlineExecutor()
+    return DaskExecutor(workers, scheduler, gpus=device.startswith("cuda"))
+
+
+def _run(executor, fn, tasks, advance, count) -> None:
+    failed = []
+    for outcome in executor.map_unordered(fn, tasks):
+        if not outcome.ok:
+            if isinstance(outcome.error, SchemaError):
+                raise outcome.error
+            failed.append((outcome.task, outcome.error))
+            continue
+        advance(count(outcome.task))
+    if failed:
+        task, err = failed[0]
+        raise RuntimeError(f"{len(failed)} task(s) failed; first: {type(err).__name__}: {err}") from err
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    predictions: Path  # results.json or predictions.parquet
+    done: int  # videos / sentence chunks predicted by this run
+    skipped: int  # found complete from an earlier run
+    items: int  # videos / sentences in the output
+
+
+def _check_run_file(out: Path, spec: RunSpec, extra: dict) -> None:
+    want = {**asdict(spec), **extra}
+    path = out / "run.json"
+    if path.exists():
+        have = read_json(path)
+        if have != want:
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)) if isinstance(have, dict) else []
+            raise SchemaError(f"OUT holds predictions made with other settings ({', '.join(diff) or 'unreadable'}); "
+                              "use a new --out or delete it", file=path)
+    else:
+        atomic_write_json(path, want, indent=1)
+
+
+def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str | None = None,
+                           frames: Path | None = None, limit: int | None = None, workers: int = 1,
+                           scheduler: str | None = None, progress: bool = True) -> PredictResult:
+    from benchmark.inputs import find_meta
+    from pipelines.progress import progress_bar
+    from schemas.refvos import read_meta_expressions
+
+    gt = Path(gt)
+    if not gt.is_dir():
+        raise SchemaError("expected the ground-truth folder (meta_expressions*.json + frames)", file=gt)
+    videos = read_meta_expressions(gt / meta_name if meta_name else find_meta(gt))
+    if limit is not None:
+        videos = videos[:limit]
+    frame_root = Path(frames) if frames else find_frame_root(gt)
+    _check_run_file(out, spec, {"gt": str(gt.resolve()), "meta": meta_name})
+    parts = out / "parts"
+    tasks, skipped, index = [], 0, 0
+    for v in videos:
+        part = parts / f"{_safe_name(v.video_id)}.json"
+        if _part_is_complete(part, v):
+            skipped += 1
+        else:
+            if not (frame_root / v.video_id).is_dir():
+                raise SchemaError("no frame folder for this video", file=frame_root / v.video_id, record=v.video_id)
+            tasks.append(VideoTask(v, str(frame_root), str(part), index, spec))
+        index += len(v.expressions)
+    with progress_bar("predicting videos", total=len(videos), enabled=progress) as advance:
+        advance(skipped)
+        if tasks:
+            with _executor(workers, scheduler, spec.device) as ex:
+                _run(ex, predict_video, tasks, advance, lambda t: 1)
+    results = {v.video_id: read_json(parts / f"{v.video_id}.json") for v in videos}
+    atomic_write_json(out / "results.json", results)
+    return PredictResult(out / "results.json", len(tasks), skipped, len(videos))
+
+
+def predict_image_protocol(spec: RunSpec, gt: Path, out: Path, *, images: Path | None, split: str = "val",
+                           split_by: str | None = None, limit: int | None = None, chunk_size: int = 64,
+                           workers: int = 1, scheduler: str | None = None, progress: bool = True) -> PredictResult:
+    from benchmark.refcoco import load_ground_truth
+    from pipelines.progress import progress_bar
+    from schemas.io import read_parquet, write_parquet
+    from schemas.predictions import ImagePrediction
+
+    if images is None:
+        raise SchemaError("image protocols need --images (the COCO train2014 folder)", field="images")
+    truth = load_ground_truth(gt, spec.protocol, split, split_by)
+    samples = truth.samples[:limit] if limit is not None else truth.samples
+    _check_run_file(out, spec, {"gt": str(Path(gt).resolve()), "split": split, "split_by": split_by,
+                                "chunk_size": chunk_size})
+    paths = {iid: str(find_image(Path(images), iid)) for iid in sorted({s.image_id for s in samples})}
+    chunks = [tuple(samples[i:i + chunk_size]) for i in range(0, len(samples), chunk_size)]
+    parts = [out / "parts" / f"chunk_{k:05d}.parquet" for k in range(len(chunks))]
+    tasks = [ImageTask(c, {s.image_id: paths[s.image_id] for s in c}, str(p), spec)
+             for c, p in zip(chunks, parts) if not p.exists()]
+    with progress_bar(f"predicting {split} sentences", total=len(samples), enabled=progress) as advance:
+        advance(len(samples) - sum(len(t.samples) for t in tasks))
+        if tasks:
+            with _executor(workers, scheduler, spec.device) as ex:
+                _run(ex, predict_images, tasks, advance, lambda t: len(t.samples))
+    rows = [r for p in parts for r in read_parquet(p, ImagePrediction)]
+    write_parquet(out / "predictions.parquet", rows, ImagePrediction)
+    return PredictResult(out / "predictions.parquet", len(tasks), len(chunks) - len(tasks), len(rows))
+
+
+def run_predict(spec: RunSpec, gt: Path, out: Path, **kw) -> PredictResult:
+    if spec.protocol in VIDEO_PROTOCOLS:
+        kw.pop("images", None)
+        for k in ("split", "split_by", "chunk_size"):
+            kw.pop(k, None)
+        frames = kw.pop("frames", None)
+        return predict_video_protocol(spec, gt, out, frames=frames, **kw)
+    if spec.protocol in IMAGE_PROTOCOLS:
+        kw.pop("meta_name", None)
+        kw.pop("frames", None)
+        return predict_image_protocol(spec, gt, out, **kw)
+    raise SchemaError(f"no predictor for protocol {spec.protocol!r}", field="protocol")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _predict_options(fn):
+    options = [
+        click.option("--model", "model_path", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Sa2VA checkpoint folder (released layout, safetensors)."),
+        click.option("--protocol", required=True, type=click.Choice([*VIDEO_PROTOCOLS, *IMAGE_PROTOCOLS]),
+                     help="Benchmark protocol to predict for."),
+        click.option("--gt", "gt", required=True, type=click.Path(path_type=Path),
+                     help="Ground truth: meta_expressions folder (video) or RefCOCO data root (image)."),
+        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Output folder (parts/, results.json or predictions.parquet); reruns resume."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
+        click.option("--dtype", default="bf16", show_default=True, type=click.Choice(sorted(DTYPES)),
+                     help="Weights / activations dtype."),
+        click.option("--key-frames", default="first", show_default=True, type=click.Choice(["first", "uniform"]),
+                     help="Frames shown to the LLM: the first K (official) or K spread over the video."),
+        click.option("--num-key-frames", default=5, show_default=True, type=click.IntRange(1)),
+        click.option("--max-new-tokens", default=2048, show_default=True, type=click.IntRange(0)),
+        click.option("--force-answer", default=None,
+                     help="Teacher-force this answer (e.g. 'Sure, [SEG].') instead of generating: speed runs only."),
+        click.option("--meta", "meta_name", default=None, help="Video: meta file name inside --gt."),
+        click.option("--frames", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Video: frame root holding <video>/<frame>.jpg (default: --gt/videos or --gt/JPEGImages)."),
+        click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Image protocols: the COCO train2014 image folder."),
+        click.option("--split", default="val", show_default=True, help="refcoco*: split."),
+        click.option("--split-by", default=None, help="refcoco*: refs file variant."),
+        click.option("--limit", type=click.IntRange(1), default=None, help="Only the first K videos / sentences."),
+        click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+                     help="Dask worker processes (one GPU each with --device cuda)."),
+        click.option("--scheduler", default=None, help="Run on an existing Dask cluster (tcp://host:8786)."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str, num_key_frames: int,
+          max_new_tokens: int, force_answer: str | None) -> RunSpec:
+    if not model_path.is_dir():
+        raise SchemaError("not a checkpoint folder", file=model_path)
+    return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
+                   max_new_tokens, force_answer)
+
+
+def _predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
+                          force_answer, meta_name, frames, images, split, split_by, limit, workers,
+                          scheduler) -> PredictResult:
+    import time
+
+    spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer)
+    t0 = time.perf_counter()
+    res = run_predict(spec, gt, out, meta_name=meta_name, frames=frames, images=images, split=split,
+                      split_by=split_by, limit=limit, workers=workers, scheduler=scheduler)
+    unit = "videos" if protocol in VIDEO_PROTOCOLS else "chunks"
+    click.echo(f"wrote {res.predictions}: {res.items} {'videos' if unit == 'videos' else 'sentences'}; "
+               f"{res.done} {unit} predicted, {res.skipped} resumed, in {time.perf_counter() - t0:.1f} s")
+    return res
+
+
+@click.command("predict")
+@_predict_options
+def predict_command(**kw) -> None:
+    """Run a Sa2VA checkpoint over a benchmark and write predictions in the scorer's format."""
+    _predict_from_options(**kw)
+
+
+@click.command("evaluate")
+@_predict_options
+@click.option("--scores", "scores_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for scores.json (default: --out).")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Add the result to this leaderboard database (SQLite).")
+@click.option("--name", default=None, help="Leaderboard name (default: the checkpoint folder name).")
+@click.pass_context
+def evaluate_command(ctx: click.Context, scores_dir, db, name, **kw) -> None:
+    """Predict, score with the protocol, and optionally add a leaderboard entry."""
+    from benchmark.cli import score_command
+
+    res = _predict_from_options(**kw)
+    # The score command's own path: same scores.json, validation report and leaderboard entry.
+    ctx.invoke(score_command, protocol=kw["protocol"], gt=kw["gt"], pred=res.predictions,
+               out=scores_dir or kw["out"], strict=False, name=name or kw["model_path"].name, db=db, benchmark=None,
+               meta_name=kw["meta_name"], split=kw["split"], split_by=kw["split_by"], empty_union="one",
+               image_set="val", sequences=None, workers=1, scheduler=None)
+
+
+__all__ = [
+    "ImageTask", "PredictResult", "RunSpec", "VideoTask", "evaluate_command", "get_model", "load_frames",
+    "predict_command", "predict_image_protocol", "predict_video", "predict_video_protocol", "prompt_for",
+    "run_predict",
+]
