@@ -65,8 +65,7 @@ import numpy as np
 
 from schemas.errors import SchemaError
 
-# _Files is private in benchmark.inputs; it is the project's one safe folder/zip reader.
-from .inputs import DEFAULT_MAX_UNZIPPED, Issue, _Files
+from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
 from .metrics import db_statistics, f_per_frame, j_per_frame
 from .report import ScoreReport
 
@@ -314,7 +313,7 @@ def _index_result_tree(names: Sequence[str]) -> dict[str, dict[str, str]]:
 
 @dataclass
 class DavisPredictions:
-    files: _Files
+    files: ReadOnlyFiles
     index: dict[str, dict[str, str]]  # sequence -> frame id -> entry name in `files`
     issues: list[Issue]  # problems found while opening (unsafe zip entries)
 
@@ -323,7 +322,7 @@ class DavisPredictions:
         path = Path(path)
         if not path.exists():
             raise SchemaError("prediction path not found", file=path)
-        files = _Files(path, max_unzipped)
+        files = ReadOnlyFiles(path, max_unzipped)
         index = _index_result_tree(files.names())
         if not index:
             raise SchemaError("no predictions found: expected <sequence>/<frame>.png", file=path)

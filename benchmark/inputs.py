@@ -21,16 +21,18 @@ import posixpath
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 
 from schemas import rle as rle_ops
 from schemas.errors import SchemaError
-from schemas.io import read_parquet
+from schemas.io import read_json, read_parquet
 from schemas.predictions import VideoPrediction
 from schemas.refvos import RefExpression, RefVideo, read_mask_dict, read_meta_expressions
 from schemas.rle import Rle
+
+from .metrics import RunMasks, counts_cover
 
 DEFAULT_MAX_UNZIPPED = 8 << 30  # bytes; a zip bomb stops here
 
@@ -51,14 +53,14 @@ class Issue:
 @dataclass
 class RefVosGroundTruth:
     videos: list[RefVideo]
-    masks: dict[str, list[Rle | None]]  # mask_dict
+    masks: Mapping[str, list[Rle | None]]  # mask_dict (a MaskDict when loaded from a folder)
     foreground: dict[str, list[Rle]] | None = None  # ReVOS mask_dict_foreground, per video
 
     @classmethod
     def load(cls, root: str | os.PathLike, meta_name: str | None = None) -> "RefVosGroundTruth":
         root = Path(root)
         meta_path = root / meta_name if meta_name else find_meta(root)
-        gt = cls(read_meta_expressions(meta_path), read_mask_dict(root / "mask_dict.json"))
+        gt = cls(read_meta_expressions(meta_path), _read_mask_dict(root / "mask_dict.json"))
         fg_path = root / "mask_dict_foreground.json"
         if fg_path.exists():
             raw = json.loads(fg_path.read_text())
@@ -75,23 +77,60 @@ class RefVosGroundTruth:
                         return r.size
         raise SchemaError("cannot tell the frame size: no height/width and no non-empty mask", record=video.video_id)
 
+    def _object_rles(self, video: RefVideo, exp: RefExpression, anno_id: int) -> list[Rle | None]:
+        rles = self.masks.get(str(anno_id))
+        if rles is None:
+            raise SchemaError(f"anno_id {anno_id} is not in mask_dict.json", record=f"{video.video_id}/{exp.exp_id}", field="anno_id")
+        if len(rles) != len(video.frames):
+            raise SchemaError(
+                f"mask_dict[{anno_id}] has {len(rles)} masks for {len(video.frames)} frames",
+                record=f"{video.video_id}/{exp.exp_id}", field="anno_id",
+            )
+        return rles
+
     def expression_mask(self, video: RefVideo, exp: RefExpression) -> np.ndarray:
         """Bool (T, H, W): the union of the expression's annotated objects, empty where null."""
         h, w = self.frame_size(video)
         out = np.zeros((len(video.frames), h, w), dtype=bool)
         for a in exp.anno_id:
-            rles = self.masks.get(str(a))
-            if rles is None:
-                raise SchemaError(f"anno_id {a} is not in mask_dict.json", record=f"{video.video_id}/{exp.exp_id}", field="anno_id")
-            if len(rles) != len(video.frames):
-                raise SchemaError(
-                    f"mask_dict[{a}] has {len(rles)} masks for {len(video.frames)} frames",
-                    record=f"{video.video_id}/{exp.exp_id}", field="anno_id",
-                )
-            for t, r in enumerate(rles):
+            for t, r in enumerate(self._object_rles(video, exp, a)):
                 if r is not None:
                     out[t] |= rle_ops.decode(r)
         return out
+
+    def expression_runs(
+        self, video: RefVideo, exp: RefExpression, cache: dict[tuple[int, ...], RunMasks] | None = None
+    ) -> RunMasks:
+        """``expression_mask`` as RunMasks, never decoded to pixels.
+
+        ``cache``: a dict owned by the caller for one video (its keys are anno_id tuples,
+        not video ids), so expressions that share objects parse and merge them once.
+        """
+        cache = {} if cache is None else cache
+        key = tuple(sorted(set(exp.anno_id)))
+        if key not in cache:
+            h, w = self.frame_size(video)
+            out = RunMasks.empty(len(video.frames), h, w)
+            for a in key:
+                if (a,) not in cache:
+                    rles = self._object_rles(video, exp, a)
+                    _check_sizes(rles, (h, w), f"mask_dict[{a}]")
+                    cache[(a,)] = RunMasks.from_rles(rles, h, w)
+                out = cache[(a,)] if len(key) == 1 else out.union(cache[(a,)])
+            cache[key] = out
+        return cache[key]
+
+    def foreground_areas(self, video: RefVideo, cache: dict[tuple[int, ...], RunMasks] | None = None) -> np.ndarray:
+        """|``video_foreground``| per frame, int64 (T,), from runs."""
+        h, w = self.frame_size(video)
+        if self.foreground and video.video_id in self.foreground:
+            rles = self.foreground[video.video_id]
+            _check_sizes(rles, (h, w), f"mask_dict_foreground[{video.video_id}]")
+            return RunMasks.from_rles(rles, h, w).areas()
+        out = RunMasks.empty(len(video.frames), h, w)
+        for exp in video.expressions:
+            out = out.union(self.expression_runs(video, exp, cache))
+        return out.areas()
 
     def video_foreground(self, video: RefVideo) -> np.ndarray:
         """Bool (T, H, W) union of every object any expression of the video refers to (ReVOS R)."""
@@ -104,6 +143,94 @@ class RefVosGroundTruth:
         return out
 
 
+def _check_sizes(rles: list[Rle | None], size: tuple[int, int], where: str) -> None:
+    for t, r in enumerate(rles):
+        if r is not None and tuple(r.size) != tuple(size):
+            raise SchemaError(f"mask is {r.size[0]}x{r.size[1]}, the video is {size[0]}x{size[1]}", record=f"{where}[{t}]")
+
+
+def _plain_rle(obj: object) -> tuple[int, int, str] | None:
+    """(H, W, counts) of a JSON RLE in the usual shape, None for anything else."""
+    if type(obj) is not dict:
+        return None
+    size, counts = obj.get("size"), obj.get("counts")
+    if type(counts) is not str or type(size) is not list or len(size) != 2:
+        return None
+    h, w = size
+    if type(h) is not int or type(w) is not int or h < 0 or w < 0:
+        return None
+    return h, w, counts
+
+
+def rles_from_json(items: list) -> list[Rle | SchemaError]:
+    """``Rle.from_json`` of every item, in bulk: the RLE, or the error it raises.
+
+    Well-formed {"size": [H, W], "counts": str} items are validated together (one
+    vectorised pass instead of a Python loop per character); anything else, and any item
+    that fails that check, goes through ``Rle.from_json`` itself, so results and error
+    messages are exactly its.
+    """
+    out: list[Rle | SchemaError | None] = [None] * len(items)
+    plain_at, plain = [], []
+    for i, obj in enumerate(items):
+        p = _plain_rle(obj)
+        if p is not None:
+            plain_at.append(i)
+            plain.append(p)
+    good = counts_cover([c for _, _, c in plain], [h * w for h, w, _ in plain]) if plain else np.zeros(0, bool)
+    for i, (h, w, counts), fine in zip(plain_at, plain, good.tolist()):
+        if fine:
+            out[i] = Rle((h, w), counts)
+    for i, obj in enumerate(items):
+        if out[i] is None:
+            try:
+                out[i] = Rle.from_json(obj)
+            except SchemaError as err:
+                out[i] = err
+    return out  # type: ignore[return-value]
+
+
+class MaskDict(Mapping[str, list[Rle | None]]):
+    """mask_dict.json as a read-only mapping whose entries are validated when first read.
+
+    Same values and errors as ``schemas.refvos.read_mask_dict`` (an entry's error
+    names the file, the anno_id and the frame), but a worker of a parallel job checks
+    only the objects it scores, and the RLEs of a list are checked in bulk.
+    """
+
+    def __init__(self, raw: dict[str, list], path: str | os.PathLike) -> None:
+        self._raw = raw
+        self._path = path
+        self._done: dict[str, list[Rle | None]] = {}
+
+    def __getitem__(self, anno_id: str) -> list[Rle | None]:
+        if anno_id not in self._done:
+            raw = self._raw[anno_id]
+            parsed = iter(rles_from_json([r for r in raw if r is not None]))
+            rles: list[Rle | None] = []
+            for t, r in enumerate(raw):
+                rle = None if r is None else next(parsed)
+                if isinstance(rle, SchemaError):
+                    raise rle.within(f"[{t}]", file=self._path, record=anno_id) from None
+                rles.append(rle)
+            self._done[anno_id] = rles
+        return self._done[anno_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _read_mask_dict(path: Path) -> MaskDict:
+    """mask_dict.json, shape-checked now (errors as ``read_mask_dict``), RLEs when read."""
+    obj = read_json(path)
+    if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
+        read_mask_dict(path)  # raises the reference error
+    return MaskDict({str(k): v for k, v in obj.items()}, path)
+
+
 def find_meta(root: Path) -> Path:
     for name in ("meta_expressions_valid.json", "meta_expressions.json", "meta_expressions_valid_.json"):
         if (root / name).exists():
@@ -114,7 +241,7 @@ def find_meta(root: Path) -> Path:
 # --------------------------------------------------------------------------- file access
 
 
-class _Files:
+class ReadOnlyFiles:
     """Read-only access to a folder or a zip by relative POSIX path."""
 
     def __init__(self, root: Path, max_unzipped: int = DEFAULT_MAX_UNZIPPED):
@@ -161,22 +288,55 @@ class _Files:
         return None if self._zip is not None else self.root / self._names[rel]
 
 
+
+
 # --------------------------------------------------------------------------- predictions
 
 
 @dataclass
 class PredictionSet:
-    """Predicted masks per (video, exp_id), from whichever format was submitted."""
+    """Predicted masks per (video, exp_id), from whichever format was submitted.
+
+    RLEs from a results.json are validated when their expression is first read (so each
+    worker of a parallel job checks only what it scores); a corrupt one is reported
+    with that expression's problems, or by ``unscored_issues`` if it is never read.
+    """
 
     source: str  # "png", "results-json", "parquet"
-    files: _Files
+    files: ReadOnlyFiles
     issues: list[Issue] = field(default_factory=list)
-    _rles: dict[tuple[str, str], list[Rle | None]] = field(default_factory=dict)
+    _rles: dict[tuple[str, str], list[Rle | None]] = field(default_factory=dict)  # validated
+    _pending: dict[tuple[str, str], list] = field(default_factory=dict)  # raw JSON RLEs, not yet validated
+    _corrupt: dict[tuple[str, str], list[Issue]] = field(default_factory=dict)  # found when validating
     _frames: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # parquet frame names
     _png: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # frame -> relative path
 
     def keys(self) -> set[tuple[str, str]]:
-        return set(self._rles) | set(self._png)
+        return set(self._rles) | set(self._pending) | set(self._png)
+
+    def _validated(self, key: tuple[str, str]) -> list[Rle | None]:
+        if key in self._pending:
+            where = f"{key[0]}/{key[1]}"
+            rles: list[Rle | None] = []
+            problems: list[Issue] = []
+            for t, r in enumerate(rles_from_json(self._pending.pop(key))):
+                if isinstance(r, SchemaError):
+                    problems.append(Issue("corrupt_mask", f"{where}/#{t}", f"{r.message}; scored as empty"))
+                    rles.append(None)
+                else:
+                    rles.append(r)
+            self._rles[key], self._corrupt[key] = rles, problems
+        return self._rles[key]
+
+    def unscored_issues(self, scored: set[tuple[str, str]]) -> list[Issue]:
+        """Problems of the RLEs of every expression not in ``scored`` (in file order),
+        validating those not read yet: an extra or excluded expression's corrupt mask is
+        still reported."""
+        issues: list[Issue] = []
+        for key in [k for k in self._pending if k not in scored]:
+            self._validated(key)
+            issues += self._corrupt[key]
+        return issues
 
     def masks(self, video: RefVideo, exp: RefExpression, size: tuple[int, int]) -> tuple[np.ndarray | None, list[Issue]]:
         """Bool (T, H, W) over the video's listed frames, or None when the expression is missing.
@@ -184,56 +344,85 @@ class PredictionSet:
         Missing, mis-sized or corrupt frames become empty masks and are reported.
         """
         key = (video.video_id, exp.exp_id)
+        if key in self._png:
+            return self._png_masks(video, exp, size)
+        if key in self._rles or key in self._pending:
+            rles, issues = self._aligned_rles(video, exp, size)
+            h, w = size
+            out = np.zeros((len(video.frames), h, w), dtype=bool)
+            for t, r in enumerate(rles):
+                if r is not None:
+                    out[t] = rle_ops.decode(r)
+            return out, issues
+        return None, []
+
+    def runs(self, video: RefVideo, exp: RefExpression, size: tuple[int, int]) -> tuple[RunMasks | None, list[Issue]]:
+        """``masks`` as RunMasks: RLE predictions are never decoded to pixels."""
+        key = (video.video_id, exp.exp_id)
+        if key in self._rles or key in self._pending:
+            rles, issues = self._aligned_rles(video, exp, size)
+            return RunMasks.from_rles(rles, *size), issues
+        masks, issues = self.masks(video, exp, size)
+        return (None if masks is None else RunMasks.from_dense(masks)), issues
+
+    def _png_masks(self, video: RefVideo, exp: RefExpression, size: tuple[int, int]) -> tuple[np.ndarray, list[Issue]]:
         where = f"{video.video_id}/{exp.exp_id}"
         issues: list[Issue] = []
         h, w = size
         out = np.zeros((len(video.frames), h, w), dtype=bool)
-        if key in self._png:
-            files = self._png[key]
-            for t, name in enumerate(video.frames):
-                rel = files.get(name)
-                if rel is None:
-                    issues.append(Issue("missing_frame", f"{where}/{name}", "no PNG for this frame; scored as empty"))
-                    continue
-                mask, problem = _read_png(self.files, rel)
-                if problem:
-                    issues.append(Issue(problem[0], f"{where}/{name}", problem[1]))
-                if mask is None:
-                    continue
-                if mask.shape != (h, w):
-                    issues.append(Issue("wrong_size", f"{where}/{name}", f"mask is {mask.shape[0]}x{mask.shape[1]}, GT is {h}x{w}; scored as empty"))
-                    continue
-                out[t] = mask
-            extra = sorted(set(files) - set(video.frames))
+        files = self._png[(video.video_id, exp.exp_id)]
+        for t, name in enumerate(video.frames):
+            rel = files.get(name)
+            if rel is None:
+                issues.append(Issue("missing_frame", f"{where}/{name}", "no PNG for this frame; scored as empty"))
+                continue
+            mask, problem = _read_png(self.files, rel)
+            if problem:
+                issues.append(Issue(problem[0], f"{where}/{name}", problem[1]))
+            if mask is None:
+                continue
+            if mask.shape != (h, w):
+                issues.append(Issue("wrong_size", f"{where}/{name}", f"mask is {mask.shape[0]}x{mask.shape[1]}, GT is {h}x{w}; scored as empty"))
+                continue
+            out[t] = mask
+        extra = sorted(set(files) - set(video.frames))
+        if extra:
+            issues.append(Issue("extra_frame", where, f"{len(extra)} frames not in the GT (e.g. {extra[0]}); ignored"))
+        return out, issues
+
+    def _aligned_rles(self, video: RefVideo, exp: RefExpression, size: tuple[int, int]) -> tuple[list[Rle | None], list[Issue]]:
+        """The expression's RLEs, one per GT frame (None: scored as empty), and the problems."""
+        key = (video.video_id, exp.exp_id)
+        where = f"{video.video_id}/{exp.exp_id}"
+        rles = self._validated(key)
+        issues: list[Issue] = list(self._corrupt.get(key, []))
+        h, w = size
+        names = self._frames.get(key)
+        if names is not None:  # parquet rows name their frames; align by name
+            by_name = dict(zip(names, rles))
+            rles = [by_name.get(n) for n in video.frames]
+            extra = sorted(set(names) - set(video.frames))
             if extra:
                 issues.append(Issue("extra_frame", where, f"{len(extra)} frames not in the GT (e.g. {extra[0]}); ignored"))
-            return out, issues
-        if key in self._rles:
-            rles = self._rles[key]
-            names = self._frames.get(key)
-            if names is not None:  # parquet rows name their frames; align by name
-                by_name = dict(zip(names, rles))
-                rles = [by_name.get(n) for n in video.frames]
-                extra = sorted(set(names) - set(video.frames))
-                if extra:
-                    issues.append(Issue("extra_frame", where, f"{len(extra)} frames not in the GT (e.g. {extra[0]}); ignored"))
-            elif len(rles) != len(video.frames):
-                issues.append(Issue("frame_count", where, f"{len(rles)} masks for {len(video.frames)} GT frames; missing ones scored as empty"))
-            for t in range(len(video.frames)):
-                r = rles[t] if t < len(rles) else None
-                if r is None:
-                    if names is not None or t >= len(rles):
-                        issues.append(Issue("missing_frame", f"{where}/{video.frames[t]}", "no mask for this frame; scored as empty"))
-                    continue
-                if tuple(r.size) != (h, w):
-                    issues.append(Issue("wrong_size", f"{where}/{video.frames[t]}", f"mask is {r.size[0]}x{r.size[1]}, GT is {h}x{w}; scored as empty"))
-                    continue
-                out[t] = rle_ops.decode(r)
-            return out, issues
-        return None, issues
+        elif len(rles) != len(video.frames):
+            issues.append(Issue("frame_count", where, f"{len(rles)} masks for {len(video.frames)} GT frames; missing ones scored as empty"))
+        out: list[Rle | None] = []
+        for t in range(len(video.frames)):
+            r = rles[t] if t < len(rles) else None
+            if r is None:
+                if names is not None or t >= len(rles):
+                    issues.append(Issue("missing_frame", f"{where}/{video.frames[t]}", "no mask for this frame; scored as empty"))
+                out.append(None)
+                continue
+            if tuple(r.size) != (h, w):
+                issues.append(Issue("wrong_size", f"{where}/{video.frames[t]}", f"mask is {r.size[0]}x{r.size[1]}, GT is {h}x{w}; scored as empty"))
+                out.append(None)
+                continue
+            out.append(r)
+        return out, issues
 
 
-def _read_png(files: _Files, rel: str) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+def _read_png(files: ReadOnlyFiles, rel: str) -> tuple[np.ndarray | None, tuple[str, str] | None]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -257,11 +446,11 @@ def load_predictions(path: str | os.PathLike, max_unzipped: int = DEFAULT_MAX_UN
     if not path.exists():
         raise SchemaError("prediction path not found", file=path)
     if path.is_file() and path.suffix == ".json":
-        files = _Files(path.parent)
+        files = ReadOnlyFiles(path.parent)
         return _from_results_json(files, path.name, str(path))
     if path.is_file() and path.suffix == ".parquet":
-        return _from_parquet([read_parquet(path, VideoPrediction)], _Files(path.parent))
-    files = _Files(path, max_unzipped)
+        return _from_parquet([read_parquet(path, VideoPrediction)], ReadOnlyFiles(path.parent))
+    files = ReadOnlyFiles(path, max_unzipped)
     names = files.names()
     results = [n for n in names if posixpath.basename(n) == "results.json"]
     if results:
@@ -274,7 +463,7 @@ def load_predictions(path: str | os.PathLike, max_unzipped: int = DEFAULT_MAX_UN
     return pred
 
 
-def _parquet_from_files(files: _Files, rel: str, container: Path) -> list[VideoPrediction]:
+def _parquet_from_files(files: ReadOnlyFiles, rel: str, container: Path) -> list[VideoPrediction]:
     local = files.local_path(rel)
     if local is not None:
         return read_parquet(local, VideoPrediction)
@@ -289,7 +478,7 @@ def _parquet_from_files(files: _Files, rel: str, container: Path) -> list[VideoP
     return list(rows_to_records(table.to_pylist(), VideoPrediction, file=f"{container}:{rel}"))
 
 
-def _from_results_json(files: _Files, rel: str, label: str) -> PredictionSet:
+def _from_results_json(files: ReadOnlyFiles, rel: str, label: str) -> PredictionSet:
     try:
         obj = json.loads(files.read(rel))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -304,18 +493,14 @@ def _from_results_json(files: _Files, rel: str, label: str) -> PredictionSet:
             where = f"{vid}/{exp_id}"
             if not isinstance(entry, dict) or "prediction_masks" not in entry:
                 raise SchemaError("required key is missing", file=label, record=where, field="prediction_masks")
-            rles: list[Rle | None] = []
-            for t, r in enumerate(entry["prediction_masks"]):
-                try:
-                    rles.append(Rle.from_json(r))
-                except SchemaError as err:
-                    pred.issues.append(Issue("corrupt_mask", f"{where}/#{t}", f"{err.message}; scored as empty"))
-                    rles.append(None)
-            pred._rles[(str(vid), str(exp_id))] = rles
+            items = entry["prediction_masks"]
+            if not isinstance(items, (list, str, dict)):
+                raise SchemaError(f"expected a list of RLEs, got {type(items).__name__}", file=label, record=where, field="prediction_masks")
+            pred._pending[(str(vid), str(exp_id))] = list(items)
     return pred
 
 
-def _from_parquet(batches: list[list[VideoPrediction]], files: _Files) -> PredictionSet:
+def _from_parquet(batches: list[list[VideoPrediction]], files: ReadOnlyFiles) -> PredictionSet:
     pred = PredictionSet("parquet", files)
     for batch in batches:
         for p in batch:
@@ -328,7 +513,7 @@ def _from_parquet(batches: list[list[VideoPrediction]], files: _Files) -> Predic
     return pred
 
 
-def _from_png_tree(files: _Files) -> PredictionSet:
+def _from_png_tree(files: ReadOnlyFiles) -> PredictionSet:
     pred = PredictionSet("png", files)
     for rel in files.names():
         parts = rel.split("/")

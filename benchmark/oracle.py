@@ -7,14 +7,22 @@ vector).  It uses the same helper libraries as the official code (``skimage`` ``
 and ``cv2.dilate`` on full frames), so it is the thing ``benchmark.metrics`` is tested
 against.  Do not optimise this file: its value is that it is easy to check line by line
 against the definitions.
+
+``score_refvos`` is a plain scorer built on these functions, the way the official
+Ref-SAV / MeViS scripts work: decode every frame of every expression with pycocotools
+and call the per-frame metrics.  It is the "(a)" of ``perf/bench_scoring.py``.
 """
 
 from __future__ import annotations
 
+import json
+import time
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 from skimage.morphology import disk
 
 
@@ -140,3 +148,60 @@ def revos_robustness(pred: np.ndarray, gt: np.ndarray, foreground: np.ndarray) -
     fg = _fg(foreground).astype(np.int64)
     false_pos = np.sum((1 - g) * p)
     return float(max(1 - false_pos / (np.sum(fg) + 1e-6), 0))
+
+
+def decode_rle(rle: dict | None, size: tuple[int, int]) -> np.ndarray:
+    """A JSON COCO RLE {"size", "counts"} (or None: empty) -> (H, W) bool."""
+    if rle is None:
+        return np.zeros(size, dtype=bool)
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+
+def score_refvos(
+    gt_dir: str | Path,
+    results_json: str | Path,
+    metrics: tuple[str, ...] = ("J", "F", "A"),
+    steps: dict[str, float] | None = None,
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Per-expression means over frames of J, F and/or A (fractions, not x100).
+
+    gt_dir: meta_expressions_valid.json (or meta_expressions.json) + mask_dict.json;
+    results_json: Sa2VA-style {video: {exp_id: {"prediction_masks": [RLE per frame]}}},
+    complete and valid (this is a reference, not a validator).  The GT of an expression
+    is the union of its anno_ids' masks.  ``steps``: if given, seconds spent per step
+    ("load", "decode", and each metric) are added to it.
+    """
+    gt_dir = Path(gt_dir)
+    clock = time.perf_counter
+    t0 = clock()
+    meta_path = gt_dir / "meta_expressions_valid.json"
+    if not meta_path.exists():
+        meta_path = gt_dir / "meta_expressions.json"
+    videos = json.loads(meta_path.read_text())["videos"]
+    mask_dict = json.loads((gt_dir / "mask_dict.json").read_text())
+    results = json.loads(Path(results_json).read_text())
+    spent = {"load": clock() - t0, "decode": 0.0} | {m: 0.0 for m in metrics}
+    per_frame = {"J": db_eval_iou, "F": f_measure, "A": revos_accuracy}
+
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for video_id, video in videos.items():
+        for exp_id, exp in video["expressions"].items():
+            preds = results[video_id][exp_id]["prediction_masks"]
+            values: dict[str, list[float]] = {m: [] for m in metrics}
+            for t in range(len(video["frames"])):
+                t0 = clock()
+                size = tuple(preds[t]["size"])
+                pred = decode_rle(preds[t], size)
+                gt = np.zeros(size, dtype=bool)
+                for anno_id in exp["anno_id"]:
+                    gt |= decode_rle(mask_dict[str(anno_id)][t], size)
+                spent["decode"] += clock() - t0
+                for m in metrics:
+                    t0 = clock()
+                    values[m].append(per_frame[m](pred, gt))
+                    spent[m] += clock() - t0
+            out[(video_id, exp_id)] = {m: float(np.mean(v)) for m, v in values.items()}
+    if steps is not None:
+        for k, v in spent.items():
+            steps[k] = steps.get(k, 0.0) + v
+    return out

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 from schemas.errors import SchemaError
 from schemas.predictions import QAPrediction
 
-from .inputs import DEFAULT_MAX_UNZIPPED, Issue, _Files
+from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
 from .qa import (
     CIRCULAR_STRIDE,
     NO_SPLIT,
@@ -529,7 +529,7 @@ def load_qa_predictions(path: str | os.PathLike, max_unzipped: int = DEFAULT_MAX
         pairs += [(qid, pred, str(path)) for qid, pred in _read_prediction_file(path, fmt, str(path))]
         sources.append(fmt)
     else:
-        files = _Files(path, max_unzipped)
+        files = ReadOnlyFiles(path, max_unzipped)
         issues += files.issues
         names = [n for n in files.names() if _is_prediction_name(n)]
         if not names:

@@ -46,7 +46,7 @@ from schemas.errors import SchemaError
 from schemas.io import read_json
 from schemas.rle import Rle
 
-from .inputs import DEFAULT_MAX_UNZIPPED, Issue, _Files
+from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
 from .metrics import (
     LISA_CIOU_EPS,
     LISA_IOU_EPS,
@@ -586,7 +586,7 @@ def load_image_predictions(path: str | os.PathLike, max_unzipped: int = DEFAULT_
         else:
             records = _json_records(path.read_bytes(), str(path), suffix == ".jsonl", issues)
     else:
-        files = _Files(path, max_unzipped)  # zips are read in place, never extracted
+        files = ReadOnlyFiles(path, max_unzipped)  # zips are read in place, never extracted
         issues += files.issues
         for rel in files.names():
             base = posixpath.basename(rel)

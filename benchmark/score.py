@@ -1,20 +1,34 @@
 """Scoring engine for the meta_expressions + mask_dict family of benchmarks.
 
-Videos are scored in parallel worker processes (each loads the ground truth and
-the predictions once); per-expression results are aggregated by the protocol.
+Masks stay run-length encoded from the files to the metrics (``metrics.RunMasks``):
+J, A and R come from run arithmetic, F decodes only a small crop around both masks of
+a frame, and each ground-truth object is parsed once per video however many
+expressions refer to it.
+
+Videos are scored where the caller asks: in this process (``workers=1``), in a pool of
+local worker processes (``workers > 1``), or on a Dask cluster (``scheduler``, through
+``pipelines.executor``, the engine the annotation pipeline runs on).  Either way the
+unit of work is a chunk of videos, every video is scored by the same ``score_video``,
+and the report is assembled in ground-truth order, so it is identical however the work
+was spread.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .inputs import Issue, PredictionSet, RefVosGroundTruth, load_predictions
-from .metrics import f_per_frame, j_per_frame, revos_accuracy, revos_robustness
+from pipelines.executor import Outcome
+
+from .inputs import Issue, PredictionSet, RefVosGroundTruth, find_meta, load_predictions
+from .metrics import RunMasks, frame_scores
 from .protocols import VideoProtocol
 from .report import ScoreReport
 
@@ -30,51 +44,52 @@ class ExpressionScore:
     missing: bool  # no prediction: scored 0 as the official scripts do
 
 
+@dataclass(frozen=True)
+class VideoResult:
+    """What scoring one video produced."""
+
+    video_id: str
+    scores: tuple[ExpressionScore, ...]
+    issues: tuple[Issue, ...]
 
 
-# Worker state: loaded once per process, then reused for every video it scores.
-_STATE: dict[str, object] = {}
+@dataclass(frozen=True)
+class ChunkTask:
+    """A unit of work for a worker: score these videos of this submission.
 
+    Workers open the inputs themselves (from the same paths, so a remote Dask worker
+    needs a shared filesystem) and keep them for the next chunk of the same job.
+    """
 
-def _init_worker(gt_root: str, meta_name: str | None, pred_path: str) -> None:
-    _STATE["gt"] = RefVosGroundTruth.load(gt_root, meta_name)
-    _STATE["pred"] = load_predictions(pred_path)
-
-
-def _score_video_ids(protocol: VideoProtocol, video_ids: list[str]) -> tuple[list[ExpressionScore], list[Issue]]:
-    gt: RefVosGroundTruth = _STATE["gt"]  # type: ignore[assignment]
-    pred: PredictionSet = _STATE["pred"]  # type: ignore[assignment]
-    wanted = set(video_ids)
-    scores, issues = [], []
-    for video in gt.videos:
-        if video.video_id in wanted:
-            s, i = score_video(gt, pred, video, protocol)
-            scores += s
-            issues += i
-    return scores, issues
+    gt_root: str
+    meta_name: str | None
+    pred_path: str
+    protocol: VideoProtocol
+    video_ids: tuple[str, ...]
 
 
 def score_video(gt: RefVosGroundTruth, pred: PredictionSet, video, protocol: VideoProtocol):
-    """Per-expression scores of one video."""
+    """Per-expression scores of one video: (list[ExpressionScore], list[Issue])."""
     size = gt.frame_size(video)
-    fg = gt.video_foreground(video) if "R" in protocol.metrics else None
+    objects: dict[tuple[int, ...], RunMasks] = {}  # this video's GT, parsed once
+    fg_areas = gt.foreground_areas(video, objects) if "R" in protocol.metrics else None
     scores, issues = [], []
     for exp in video.expressions:
         subset = protocol.subset_of(exp.type_id)
         if subset is None:
             continue
-        masks, problems = pred.masks(video, exp, size)
+        runs, problems = pred.runs(video, exp, size)
         issues += problems
-        if masks is None:
+        if runs is None:
             scores.append(ExpressionScore(video.video_id, exp.exp_id, exp.exp, exp.type_id, subset,
                                           {m: 0.0 for m in protocol.metrics}, True))
             continue
-        target = gt.expression_mask(video, exp)
-        values = {"J": float(np.mean(j_per_frame(masks, target))), "F": float(np.mean(f_per_frame(masks, target)))}
+        s = frame_scores(runs, gt.expression_runs(video, exp, objects))
+        values = {"J": float(np.mean(s.j)), "F": float(np.mean(s.f))}
         if "A" in protocol.metrics:
-            values["A"] = float(np.mean(revos_accuracy(masks, target)))
+            values["A"] = float(np.mean(s.accuracy))
         if "R" in protocol.metrics:
-            values["R"] = float(np.mean(revos_robustness(masks, target, fg)))
+            values["R"] = float(np.mean(s.robustness(fg_areas)))
         values = {k: _finish(v * 100, protocol) for k, v in values.items() if k in protocol.metrics}
         scores.append(ExpressionScore(video.video_id, exp.exp_id, exp.exp, exp.type_id, subset, values, False))
     return scores, issues
@@ -106,6 +121,130 @@ def aggregate(protocol: VideoProtocol, scores: list[ExpressionScore]) -> tuple[d
     return totals, subsets
 
 
+# --------------------------------------------------------------------------- workers
+
+# Inputs a worker process has opened, by the files they came from; a long-lived Dask
+# worker serving several jobs keeps only the most recent few.
+_OPENED: OrderedDict[tuple, tuple[RefVosGroundTruth, PredictionSet]] = OrderedDict()
+_OPENED_MAX = 2
+
+
+def _inputs_key(gt_root: str, meta_name: str | None, pred_path: str) -> tuple:
+    """Identity of a job's inputs: paths plus size and mtime, so an edited file is reread."""
+    root = Path(gt_root)
+    files = [root / "mask_dict.json", root / meta_name if meta_name else find_meta(root), Path(pred_path)]
+    fg = root / "mask_dict_foreground.json"
+    if fg.exists():
+        files.append(fg)
+    stamps = []
+    for f in files:
+        st = f.stat()
+        stamps.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
+    return (meta_name, tuple(stamps))
+
+
+def _opened(gt_root: str, meta_name: str | None, pred_path: str) -> tuple[RefVosGroundTruth, PredictionSet]:
+    key = _inputs_key(gt_root, meta_name, pred_path)
+    if key in _OPENED:
+        _OPENED.move_to_end(key)
+    else:
+        _OPENED[key] = (RefVosGroundTruth.load(gt_root, meta_name), load_predictions(pred_path))
+        while len(_OPENED) > _OPENED_MAX:
+            _OPENED.popitem(last=False)
+    return _OPENED[key]
+
+
+_ALLOCATOR_TUNED = False
+
+
+def _keep_temporaries_on_the_heap() -> None:
+    """Undo, for this process, a low MALLOC_TRIM_THRESHOLD_ (Dask's nanny sets 65536).
+
+    With it, glibc hands every freed block over 64 KiB back to the OS, so the engine's
+    short-lived arrays (0.1-2 MB, thousands per video) are page-faulted in afresh each
+    time: measured 2.5x slower.  Raising the trim and mmap thresholds keeps them on the
+    heap; a worker then holds at most 64 MiB of freed memory.  glibc only.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (its maximum on 64-bit)
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to undo
+
+
+def score_chunk(task: ChunkTask) -> list[VideoResult]:
+    """Score a chunk of videos (run by a worker; inputs opened once per worker process)."""
+    _keep_temporaries_on_the_heap()
+    gt, pred = _opened(task.gt_root, task.meta_name, task.pred_path)
+    by_id = {v.video_id: v for v in gt.videos}
+    out = []
+    for vid in task.video_ids:
+        scores, issues = score_video(gt, pred, by_id[vid], task.protocol)
+        out.append(VideoResult(vid, tuple(scores), tuple(issues)))
+    return out
+
+
+class _LocalProcesses:
+    """Worker processes on this machine, with the `pipelines.executor` interface.
+
+    Starts in milliseconds where a Dask LocalCluster takes seconds.
+    """
+
+    name = "processes"
+
+    def __init__(self, workers: int) -> None:
+        self._pool = ProcessPoolExecutor(workers)
+        self.n_workers = workers
+
+    def map_unordered(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Outcome]:
+        futures = {self._pool.submit(fn, task): task for task in tasks}
+        for future in as_completed(futures):
+            err = future.exception()
+            yield Outcome(futures[future], future.result() if err is None else None, err)
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> "_LocalProcesses":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def plan_chunks(gt: RefVosGroundTruth, protocol: VideoProtocol, n_chunks: int) -> list[tuple[str, ...]]:
+    """Split the videos into at most n_chunks chunks of similar cost, costliest first.
+
+    Cost of a video: frames x scored expressions.  Greedy longest-first assignment to
+    the cheapest chunk, so no worker is left with a tail of big videos.
+    """
+    costs = []
+    for i, v in enumerate(gt.videos):
+        n_exp = sum(1 for e in v.expressions if protocol.subset_of(e.type_id) is not None)
+        costs.append((max(len(v.frames), 1) * max(n_exp, 1), i))
+    n_chunks = max(1, min(n_chunks, len(costs)))
+    heap = [(0, k) for k in range(n_chunks)]
+    members: list[list[int]] = [[] for _ in range(n_chunks)]
+    totals = [0] * n_chunks
+    for cost, i in sorted(costs, key=lambda c: (-c[0], c[1])):
+        total, k = heapq.heappop(heap)
+        members[k].append(i)
+        totals[k] = total + cost
+        heapq.heappush(heap, (totals[k], k))
+    order = sorted((k for k in range(n_chunks) if members[k]), key=lambda k: (-totals[k], k))
+    return [tuple(gt.videos[i].video_id for i in sorted(members[k])) for k in order]
+
+
+CHUNKS_PER_WORKER = 4
+
+
 def score_refvos(
     gt_root: str | os.PathLike,
     pred_path: str | os.PathLike,
@@ -113,33 +252,58 @@ def score_refvos(
     *,
     meta_name: str | None = None,
     workers: int = 1,
+    scheduler: str | None = None,
     on_video: Callable[[int], None] | None = None,
 ) -> ScoreReport:
-    """Score a submission against a meta_expressions + mask_dict ground truth."""
+    """Score a submission against a meta_expressions + mask_dict ground truth.
+
+    ``workers``: 1 scores in this process; more starts that many local worker processes.
+    ``scheduler``: the address of a Dask scheduler (``tcp://host:8786``) whose workers
+    score the videos instead; they must be able to import refsav and to read
+    ``gt_root`` and ``pred_path`` at the same paths.  ``on_video(n)`` is called as
+    videos finish.  The report does not depend on where the videos were scored.
+    """
     gt = RefVosGroundTruth.load(gt_root, meta_name)
     pred = load_predictions(pred_path)
     issues = list(pred.issues) + _coverage_issues(gt, pred)
-    ids = [v.video_id for v in gt.videos]
-    scores: list[ExpressionScore] = []
-    if workers <= 1:
+    results: dict[str, VideoResult] = {}
+    if scheduler is None and workers <= 1:
         for video in gt.videos:
             s, i = score_video(gt, pred, video, protocol)
-            scores += s
-            issues += i
+            results[video.video_id] = VideoResult(video.video_id, tuple(s), tuple(i))
             if on_video:
                 on_video(1)
     else:
-        chunks = [ids[i :: workers * 4] for i in range(min(len(ids), workers * 4))]
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(gt_root), meta_name, str(pred_path))) as pool:
-            for chunk, (s, i) in zip(chunks, pool.map(_score_video_ids, [protocol] * len(chunks), chunks)):
-                scores += s
-                issues += i
-                if on_video:
-                    on_video(len(chunk))
-    order = {(v.video_id, e.exp_id): n for n, (v, e) in enumerate((v, e) for v in gt.videos for e in v.expressions)}
-    scores.sort(key=lambda s: order[(s.video_id, s.exp_id)])
+        # Absolute paths: a worker's working directory need not be ours.
+        results = _score_elsewhere(gt, pred, protocol, os.path.abspath(gt_root), meta_name,
+                                   os.path.abspath(pred_path), workers, scheduler, on_video)
+    scores: list[ExpressionScore] = []
+    for video in gt.videos:
+        scores += results[video.video_id].scores
+        issues += results[video.video_id].issues
+    issues += pred.unscored_issues({(s.video_id, s.exp_id) for s in scores if not s.missing})
     totals, subsets = aggregate(protocol, scores)
     return ScoreReport(protocol.name, "J&F", totals, subsets, scores, issues)
+
+
+def _score_elsewhere(gt, pred, protocol, gt_root, meta_name, pred_path, workers, scheduler, on_video) -> dict[str, VideoResult]:
+    # Workers open the inputs themselves (cheaply: RLEs are validated when scored), never
+    # inheriting this process's: an open zip shared by forked processes corrupts reads.
+    from pipelines.executor import DaskExecutor
+
+    results: dict[str, VideoResult] = {}
+    executor = DaskExecutor(scheduler=scheduler) if scheduler else _LocalProcesses(workers)
+    with executor:
+        n_chunks = CHUNKS_PER_WORKER * max(executor.n_workers, 1)
+        tasks = [ChunkTask(gt_root, meta_name, pred_path, protocol, ids) for ids in plan_chunks(gt, protocol, n_chunks)]
+        for outcome in executor.map_unordered(score_chunk, tasks):
+            if not outcome.ok:
+                raise outcome.error  # type: ignore[misc]  # e.g. a SchemaError in the GT
+            for r in outcome.result:
+                results[r.video_id] = r
+            if on_video:
+                on_video(len(outcome.task.video_ids))
+    return results
 
 
 def _coverage_issues(gt: RefVosGroundTruth, pred: PredictionSet) -> list[Issue]:

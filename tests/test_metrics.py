@@ -15,6 +15,8 @@ import pytest
 from skimage.morphology import disk as sk_disk
 
 from benchmark import metrics, oracle
+from schemas import SchemaError
+from schemas import rle as rle_ops
 
 TOL = 1e-9
 
@@ -473,6 +475,218 @@ def test_revos_parity_random():
     acc = metrics.revos_accuracy(stack_p, stack_g)
     assert acc.shape == (3,)
     assert all(acc[t] == oracle.revos_accuracy(stack_p[t], stack_g[t]) for t in range(3))
+
+
+# ------------------------------------------------------------ scoring straight from RLE
+
+
+def counts_of(mask: np.ndarray) -> str:
+    return rle_ops.encode(mask).counts
+
+
+def coco_counts(runs: list[int]) -> str:
+    """Compressed COCO counts of a run list, per the format (independent of pycocotools)."""
+    out = []
+    for i, x in enumerate(runs):
+        v = x - runs[i - 2] if i > 2 else x
+        more = True
+        while more:
+            c = v & 0x1F
+            v >>= 5
+            more = not ((c & 0x10) == 0 and v == 0 or (c & 0x10) != 0 and v == -1)
+            out.append(chr(c + 48 + (0x20 if more else 0)))
+    return "".join(out)
+
+
+def test_parse_counts_matches_the_reference_decoder():
+    rng = np.random.default_rng(21)
+    strings = []
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        strings.append(counts_of(rng.random((h, w)) < rng.uniform(0, 1)))
+    # Long runs (multi-character values), negative deltas (sign extension), a full mask.
+    strings += [coco_counts([0, 2_000_000, 5, 1_000_000, 3]), coco_counts([7, 1, 900, 2, 3, 40_000]),
+                counts_of(np.ones((37, 41), bool)), counts_of(np.zeros((1080, 1920), bool)), ""]
+    runs, offsets, ok = metrics.parse_counts(strings)
+    assert ok.all() and len(offsets) == len(strings) + 1
+    for i, s in enumerate(strings):
+        assert runs[offsets[i] : offsets[i + 1]].tolist() == rle_ops.run_lengths(s), s
+    # What the fast decoder will not vouch for is flagged, not silently mis-read, and
+    # does not disturb its neighbours.
+    bad = ["0" + chr(0x2F), "1P", "1" + "o" * 12 + "0", "1é2", "\x7f"]
+    runs, offsets, ok = metrics.parse_counts([strings[0]] + bad + [strings[1]])
+    assert ok.tolist() == [True] + [False] * len(bad) + [True]
+    assert runs[offsets[0] : offsets[1]].tolist() == rle_ops.run_lengths(strings[0])
+    assert runs[offsets[-2] : offsets[-1]].tolist() == rle_ops.run_lengths(strings[1])
+
+
+def test_runmasks_round_trips_and_set_operations():
+    rng = np.random.default_rng(22)
+    for _ in range(150):
+        t, h, w = (int(v) for v in rng.integers(1, 9, 3)) if rng.random() < 0.5 else (2, 1, int(rng.integers(1, 40)))
+        a = rng.random((t, h, w)) < rng.uniform(0, 1, (t, 1, 1))
+        b = rng.random((t, h, w)) < rng.uniform(0, 1, (t, 1, 1))
+        a[rng.random(t) < 0.3] = False
+        b[rng.random(t) < 0.2] = True
+        ra = metrics.RunMasks.from_dense(a)
+        rb = metrics.RunMasks.from_counts([None if not m.any() and rng.random() < 0.5 else counts_of(m) for m in b], h, w)
+        np.testing.assert_array_equal(ra.to_dense(), a)
+        np.testing.assert_array_equal(rb.to_dense(), b)
+        assert ra.shape == (t, h, w)
+        np.testing.assert_array_equal(ra.areas(), a.sum(axis=(1, 2)))
+        np.testing.assert_array_equal(ra.intersection_areas(rb), (a & b).sum(axis=(1, 2)))
+        np.testing.assert_array_equal(ra.union(rb).to_dense(), a | b)
+        boxes = ra.boxes()
+        for k in range(t):
+            ys, xs = np.nonzero(a[k])
+            want = (ys.min(), ys.max(), xs.min(), xs.max()) if ys.size else (h, -1, w, -1)
+            assert tuple(boxes[k]) == want
+            if ys.size:
+                box = (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max()))
+                np.testing.assert_array_equal(ra.crop_transposed(k, box), a[k, box[0] : box[1] + 1, box[2] : box[3] + 1].T)
+    with pytest.raises(ValueError):
+        ra.intersection_areas(metrics.RunMasks.empty(t + 1, h, w))
+
+
+def test_runmasks_rejects_corrupt_counts():
+    good = counts_of(np.eye(4, dtype=bool))
+    with pytest.raises(SchemaError, match="cover 15 pixels"):
+        metrics.RunMasks.from_counts([good, coco_counts([15])], 4, 4)
+    with pytest.raises(SchemaError, match="negative run"):
+        metrics.RunMasks.from_counts([coco_counts([4, -2, 14])], 4, 4)
+    with pytest.raises(SchemaError, match="invalid character"):
+        metrics.RunMasks.from_counts(["1" + chr(0x7F)], 4, 4)
+    with pytest.raises(SchemaError, match="middle of a value"):
+        metrics.RunMasks.from_counts(["0P"], 4, 4)
+
+
+def assert_frame_scores_parity(pred: np.ndarray, gt: np.ndarray, bound_th=0.008, via="dense"):
+    """frame_scores on RunMasks == oracle J, F, A on every frame (exactly)."""
+    if via == "dense":
+        rp, rg = metrics.RunMasks.from_dense(pred), metrics.RunMasks.from_dense(gt)
+    else:
+        h, w = pred.shape[1:]
+        rp = metrics.RunMasks.from_counts([counts_of(m) for m in pred], h, w)
+        rg = metrics.RunMasks.from_counts([counts_of(m) if m.any() else None for m in gt], h, w)
+    s = metrics.frame_scores(rp, rg, bound_th=bound_th)
+    for t in range(len(pred)):
+        want = (oracle.db_eval_iou(pred[t], gt[t]), oracle.f_measure(pred[t], gt[t], bound_th=bound_th),
+                oracle.revos_accuracy(pred[t], gt[t]))
+        got = (s.j[t], s.f[t], s.accuracy[t])
+        assert all(abs(g - w_) <= TOL for g, w_ in zip(got, want)), (t, got, want, pred.shape, bound_th)
+    fg = gt | np.roll(gt, 3, axis=2)
+    r = s.robustness(fg.sum(axis=(1, 2)))
+    for t in range(len(pred)):
+        assert abs(r[t] - oracle.revos_robustness(pred[t], gt[t], fg[t])) <= TOL
+    return s
+
+
+def test_frame_scores_special_cases():
+    h, w = 9, 11
+    z, o = np.zeros((h, w), bool), np.ones((h, w), bool)
+    sq = z.copy()
+    sq[2:5, 3:7] = True
+    dot = z.copy()
+    dot[4, 5] = True
+    pairs = [(z, z), (z, o), (o, z), (o, o), (z, sq), (sq, z), (o, sq), (sq, o), (sq, sq), (dot, sq), (dot, dot)]
+    pred = np.stack([p for p, _ in pairs])
+    gt = np.stack([g for _, g in pairs])
+    for th in (0.008, 1, 2, 0, 2.5):
+        s = assert_frame_scores_parity(pred, gt, th)
+    assert s.j[0] == s.f[0] == s.accuracy[0] == 1.0  # both empty: perfect
+    assert s.f[1] == s.f[2] == 1.0 and s.j[1] == 0.0  # empty vs full: no boundary on either side
+    assert s.f[4] == s.f[5] == 0.0
+
+
+@pytest.mark.parametrize("bound_th", [0.008, 0.03, 0, 1, 2, 3, 1.5, 2.5])
+def test_frame_scores_parity_random_small(bound_th):
+    rng = np.random.default_rng(int(bound_th * 1000) + 31)
+    for _ in range(12):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        gts = [blob(h, w, rng) if rng.random() < 0.7 else rng.random((h, w)) < rng.uniform(0, 1) for _ in range(8)]
+        preds = [variant(g, rng) for g in gts]
+        gts[0] = np.zeros((h, w), bool)
+        assert_frame_scores_parity(np.stack(preds), np.stack(gts), bound_th, via="counts" if h % 2 else "dense")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (1, 37), (41, 1), (7, 13), (13, 7), (2, 2)])
+def test_frame_scores_parity_odd_shapes(shape):
+    rng = np.random.default_rng(sum(shape) + 5)
+    pred = rng.random((30, *shape)) < rng.uniform(0, 1, (30, 1, 1))
+    gt = rng.random((30, *shape)) < rng.uniform(0, 1, (30, 1, 1))
+    for th in (0.008, 1, 2):
+        assert_frame_scores_parity(pred, gt, th)
+
+
+def test_frame_scores_parity_borders_corners_and_single_pixels():
+    rng = np.random.default_rng(33)
+    h, w = 48, 64
+    centres = [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (0, w / 2), (h - 1, w / 2), (h / 2, 0), (h / 2, w - 1)]
+    preds, gts = [], []
+    for cy, cx in centres:
+        for _ in range(3):
+            gt = blob(h, w, rng, cy=cy, cx=cx)
+            for pred in (variant(gt, rng), np.roll(gt, 1, axis=0), np.roll(gt, -1, axis=1), gt):
+                preds.append(pred)
+                gts.append(gt)
+    for sl in (np.s_[:1, :], np.s_[-1:, :], np.s_[:, :1], np.s_[:, -1:], np.s_[:3, :], np.s_[:, -2:]):
+        gt = np.zeros((h, w), bool)
+        gt[sl] = True
+        for pred in (gt, ~gt, np.roll(gt, 2, axis=0), np.roll(gt, 2, axis=1)):
+            preds.append(pred)
+            gts.append(gt)
+    for y in (0, h // 2, h - 1):
+        for x in (0, w // 2, w - 1):
+            gt = np.zeros((h, w), bool)
+            gt[y, x] = True
+            for dy, dx in [(0, 0), (0, 1), (1, 1), (2, 0), (0, 3), (30, 40)]:
+                pred = np.zeros((h, w), bool)
+                pred[(y + dy) % h, (x + dx) % w] = True
+                preds.append(pred)
+                gts.append(gt)
+    for th in (0.008, 1, 3):
+        assert_frame_scores_parity(np.stack(preds), np.stack(gts), th, via="counts")
+
+
+def test_frame_scores_parity_realistic_stacks_and_far_apart_masks():
+    """Real resolutions, objects of all sizes, a prediction on the wrong object."""
+    rng = np.random.default_rng(34)
+    for h, w in [(720, 1280), (1080, 1920)]:
+        preds, gts = [], []
+        for t in range(5):
+            gt = blob(h, w, rng, rad=rng.uniform(3, 0.2 * h))
+            pred = variant(gt, rng) if t % 4 else blob(h, w, rng, rad=rng.uniform(10, 60))
+            preds.append(pred)
+            gts.append(gt)
+        preds.append(np.zeros((h, w), bool))
+        gts.append(preds[0])
+        assert_frame_scores_parity(np.stack(preds), np.stack(gts), via="counts")
+
+
+def test_stacked_boundary_counts_equal_boundary_counts(monkeypatch):
+    """The batched F path against the per-frame one, on frames frame_scores would send
+    either way (far-apart masks included), across batch boundaries."""
+    monkeypatch.setattr(metrics, "_BATCH_PIXELS", 3000)  # many small batches
+    rng = np.random.default_rng(35)
+    h, w = 50, 70
+    preds, gts = [], []
+    for _ in range(40):
+        gt = blob(h, w, rng, rad=rng.uniform(1, 20)) if rng.random() < 0.8 else rng.random((h, w)) < 0.5
+        pred = variant(gt, rng) if rng.random() < 0.7 else blob(h, w, rng, rad=rng.uniform(1, 8))
+        if not pred.any() or not gt.any():
+            continue
+        preds.append(pred)
+        gts.append(gt)
+    pred, gt = np.stack(preds), np.stack(gts)
+    rp, rg = metrics.RunMasks.from_dense(pred), metrics.RunMasks.from_dense(gt)
+    bp, bg = rp.boxes(), rg.boxes()
+    boxes = np.stack([np.maximum(np.minimum(bp[:, 0], bg[:, 0]) - 1, 0), np.minimum(np.maximum(bp[:, 1], bg[:, 1]) + 1, h - 1),
+                      np.maximum(np.minimum(bp[:, 2], bg[:, 2]) - 1, 0), np.minimum(np.maximum(bp[:, 3], bg[:, 3]) + 1, w - 1)], 1)
+    frames = np.arange(len(pred))
+    for r in (0, 1, 2, 5, 9):
+        got = metrics._stacked_boundary_counts(rp, rg, frames, boxes, r)
+        for t in frames:
+            assert tuple(got[t]) == metrics.boundary_counts(pred[t], gt[t], r), (t, r)
 
 
 # ----------------------------------------------------------------------- image metrics

@@ -28,5 +28,8 @@ def test_bench_scoring_quick_runs_and_parity_holds():
     found = re.search(r"^parity: max \|Δ\| = (\S+)", proc.stdout, re.MULTILINE)
     assert found, proc.stdout
     assert float(found.group(1)) <= 1e-9, found.group(0)
+    # Every expression of the workload, scored by the engine at 1 and 2 workers, equals
+    # the dense-mask functions.
+    assert "engine: 0 expressions differ" in proc.stdout, proc.stdout
     # --quick is for smoke runs; only the full run may rewrite the published figures.
     assert (README.read_bytes() if README.exists() else None) == readme_before

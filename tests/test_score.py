@@ -1,6 +1,7 @@
 """`refsav score` end to end on the synthetic benchmark, and bad submissions."""
 import io
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,12 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataclasses import replace
+
+from benchmark import metrics, oracle
 from benchmark.baselines import write_baseline
-from benchmark.inputs import RefVosGroundTruth, load_predictions
+from benchmark.inputs import RefVosGroundTruth, _read_mask_dict, load_predictions, rles_from_json
 from benchmark.protocols import VIDEO_PROTOCOLS
-from benchmark.score import score_refvos
+from benchmark.score import plan_chunks, score_refvos
 from pipelines.sample import EVAL, SampleConfig, write_sample
 from schemas import SchemaError
+from schemas.refvos import RefExpression, read_mask_dict, write_meta_expressions
+from schemas.rle import Rle
 
 REFSAV = str(Path(sys.executable).with_name("refsav"))
 
@@ -148,3 +154,149 @@ def test_unsafe_and_unreadable_zips(bench, tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not a readable zip" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()[-1:]) == 1
+
+
+# ------------------------------------------------------- engine vs oracle, executors
+
+
+@pytest.fixture(scope="module")
+def multi(bench, tmp_path_factory):
+    """The sample GT plus an expression over two objects and a dropped ReVOS type,
+    with noisy predictions, one expression missing and one corrupt mask."""
+    _, gt_dir, gt = bench
+    root = tmp_path_factory.mktemp("multi")
+    v0 = gt.videos[0]
+    a, b = v0.expressions[0].anno_id[0], v0.expressions[2].anno_id[0]
+    extra = [RefExpression("both", "the two of them", [0, 1], [a, b], 0),
+             RefExpression("dropped", "a type-2 sentence", [0], [a], 2)]
+    videos = [replace(v0, expressions=list(v0.expressions) + extra)] + gt.videos[1:]
+    write_meta_expressions(root / "meta_expressions_valid.json", videos)
+    shutil.copy(gt_dir / "mask_dict.json", root / "mask_dict.json")
+    full = RefVosGroundTruth.load(root)
+    write_baseline(full, root / "complete.json", "noisy", seed=5)
+    sub = json.loads((root / "complete.json").read_text())
+    del sub[gt.videos[1].video_id][gt.videos[1].expressions[3].exp_id]
+    sub[v0.video_id]["1"]["prediction_masks"][2] = {"size": [v0.height, v0.width], "counts": "0P"}
+    (root / "flawed.json").write_text(json.dumps(sub))
+    return root, full
+
+
+UNROUNDED = {name: replace(VIDEO_PROTOCOLS[name], round_per_expression=False) for name in ("refsav", "revos")}
+
+
+def test_engine_equals_the_plain_oracle_scorer(multi):
+    root, full = multi
+    want = oracle.score_refvos(root, root / "complete.json")
+    assert ("synth_011_0000", "both") in want
+    for name, proto in UNROUNDED.items():
+        report = score_refvos(root, root / "complete.json", proto)
+        assert not report.issues
+        assert len(report.items) == len(want) - 1  # type 2 is in neither protocol's subsets
+        for s in report.items:
+            for k in "JFA":
+                assert abs(s.metrics[k] / 100 - want[(s.video_id, s.exp_id)][k]) <= 1e-9, (s, k)
+    # R against the dense functions, with the video foreground as the union of its objects.
+    pred = load_predictions(root / "complete.json")
+    by_key = {(s.video_id, s.exp_id): s for s in score_refvos(root, root / "complete.json", UNROUNDED["revos"]).items}
+    for video in full.videos:
+        fg = full.video_foreground(video)
+        for exp in video.expressions:
+            if exp.type_id == 2:
+                continue
+            masks, _ = pred.masks(video, exp, full.frame_size(video))
+            r = np.mean(metrics.revos_robustness(masks, full.expression_mask(video, exp), fg))
+            assert abs(by_key[(video.video_id, exp.exp_id)].metrics["R"] / 100 - r) <= 1e-9
+
+
+def _same_report(a, b):
+    assert a.items == b.items and a.issues == b.issues
+    assert a.totals == b.totals and a.subsets == b.subsets
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=40) as c:
+        yield c
+
+
+@pytest.mark.timeout(180)
+def test_local_processes_and_dask_cluster_score_like_one_process(multi, cluster):
+    from distributed import Client
+
+    root, full = multi
+    inline = score_refvos(root, root / "flawed.json", VIDEO_PROTOCOLS["refsav"])
+    kinds = [i.kind for i in inline.issues]
+    assert "corrupt_mask" in kinds and "missing_expression" in kinds
+    done = []
+    pool = score_refvos(root, root / "flawed.json", VIDEO_PROTOCOLS["refsav"], workers=2, on_video=done.append)
+    _same_report(pool, inline)
+    assert sum(done) == len(full.videos)
+    done.clear()
+    dask = score_refvos(root, root / "flawed.json", VIDEO_PROTOCOLS["refsav"],
+                        scheduler=cluster.scheduler_address, on_video=done.append)
+    _same_report(dask, inline)
+    assert sum(done) == len(full.videos)
+    # The chunks ran on the cluster's workers, each of which opened the inputs once.
+    with Client(cluster.scheduler_address, timeout="30s") as client:
+        opened = client.run(_opened_inputs)
+    assert len(opened) == 2 and sum(opened.values()) >= 1 and set(opened.values()) <= {0, 1}
+    # And through the CLI.
+    out = root / "cli_out"
+    proc = subprocess.run([REFSAV, "score", "--protocol", "refsav", "--gt", str(root), "--pred", str(root / "flawed.json"),
+                           "--out", str(out), "--scheduler", cluster.scheduler_address],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads((out / "scores.json").read_text())
+    assert payload["J&F"] == inline.totals["J&F"]
+    assert [e["metrics"] for e in payload["expressions"]] == [s.metrics for s in inline.items]
+
+
+def _opened_inputs() -> int:
+    from benchmark import score
+
+    return len(score._OPENED)
+
+
+def test_plan_chunks_balances_and_covers_every_video(bench):
+    _, _, gt = bench
+    chunks = plan_chunks(gt, VIDEO_PROTOCOLS["refsav"], 8)
+    assert sorted(v for c in chunks for v in c) == sorted(v.video_id for v in gt.videos)
+    assert len(chunks) == min(8, len(gt.videos))
+
+
+def test_bulk_rle_validation_is_rle_from_json(bench, tmp_path):
+    _, gt_dir, gt = bench
+    good = next(r for rles in gt.masks.values() for r in rles if r is not None).to_json()
+    items = [good, None, {"size": [4, 4], "counts": "0P"}, {"size": [4, 4], "counts": "4"},
+             {"size": [4.0, 4], "counts": "<"}, {"size": [4, 4], "counts": [3, 13]}, {"size": [4, 4]}, "x",
+             {"size": [4, 4], "counts": chr(200)}, {"size": [-1, 4], "counts": ""}]
+    for item, got in zip(items, rles_from_json(items)):
+        try:
+            want = Rle.from_json(item)
+        except SchemaError as err:
+            assert isinstance(got, SchemaError) and got.message == err.message, item
+        else:
+            assert got == want, item
+    assert _read_mask_dict(gt_dir / "mask_dict.json") == read_mask_dict(gt_dir / "mask_dict.json")
+    # A corrupt GT mask: the same one-line error as the reference reader, raised where the
+    # object is first read (here: by the scorer, in this process or in a worker).
+    root = tmp_path / "gt"
+    shutil.copytree(gt_dir, root)
+    bad = json.loads((root / "mask_dict.json").read_text())
+    key = str(gt.videos[0].expressions[0].anno_id[0])
+    bad[key][1] = {"size": [gt.videos[0].height, gt.videos[0].width], "counts": "0P"}
+    (root / "mask_dict.json").write_text(json.dumps(bad))
+    with pytest.raises(SchemaError) as slow:
+        read_mask_dict(root / "mask_dict.json")
+    assert "[1]" in str(slow.value) and key in str(slow.value)
+    with pytest.raises(SchemaError) as fast:
+        _read_mask_dict(root / "mask_dict.json")[key]
+    assert str(fast.value) == str(slow.value)
+    write_baseline(gt, tmp_path / "perfect.json", "perfect")
+    for workers in (1, 2):
+        with pytest.raises(SchemaError) as scored:
+            score_refvos(root, tmp_path / "perfect.json", VIDEO_PROTOCOLS["refsav"], workers=workers)
+        assert str(scored.value) == str(slow.value)
