@@ -10,33 +10,16 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
+from test_model import one_thread, tiny_dir  # noqa: F401 - fixtures: one torch thread, a tiny Sa2VA
 
 import model.predict as mp
 import pipelines.cli as root_cli
-from model.cli import model_group
 from pipelines.sample import EVAL, SampleConfig, write_sample
 from schemas import rle as rle_ops
 from schemas.refvos import read_meta_expressions
 
 ANSWER = "Sure, [SEG]."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread on a shared 2-core box only waits
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sa2va") / "tiny"
-    result = CliRunner().invoke(model_group, ["init-random", "--size", "tiny", "--base", "internvl", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ stored in OUT/plan.json, so a rerun with other settings is refused instead of mi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,6 @@ class AnnotateConfig:
     prompts_dir: str | None = None
     cache_path: str | None = None  # None: no request cache
     toolkit_version: str = ""
-    extra: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """Canonical JSON of the settings that determine the rows."""

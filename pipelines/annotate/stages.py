@@ -156,7 +156,7 @@ class Annotator:
             consistency=Consistency(passed=True, attempts=attempts, reason=verdict.reason if verdict else "not checked"),
             provenance=Provenance(
                 model_id=self.describer.model,
-                model_revision=self.config.extra.get("model_revision", ""),
+                model_revision="",  # an OpenAI-compatible server does not say which revision it serves
                 backend=self.describer.name,
                 prompts=p.refs,
                 generation_config=self.gen.to_json(),
