@@ -48,13 +48,14 @@ import numpy as np
 from schemas import rle as rle_ops
 from schemas.errors import SchemaError
 from schemas.expression import Expression
-from schemas.io import atomic_path, atomic_write_json
+from schemas.io import atomic_write_json
 from schemas.refsav_json import RefSavObject, RefSavVideo, write_refsav_json
 from schemas.refvos import RefExpression, RefVideo, write_mask_dict, write_meta_expressions
 from schemas.rle import Rle
 from schemas.video import Masklet
 
 from .progress import progress_bar
+from .visual import write_jpeg
 from .publish import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, AnnotatedRun, SplitRule, load_annotated, rows_of_split
 
 MOTION_BUCKETS = ("static", "slow", "fast")
@@ -329,8 +330,6 @@ def measure_video(job: VideoJob) -> MeasuredVideo:
 
 def write_video(job: VideoJob, out_dir: str, jpeg_quality: int, chunk: int = 8) -> WrittenVideo:
     """Decode the annotated frames and write them as JPEG; return the masks to list."""
-    import cv2
-
     from schemas.media import read_frames
 
     ann, masklets = _read_masklets(job)
@@ -347,11 +346,7 @@ def write_video(job: VideoJob, out_dir: str, jpeg_quality: int, chunk: int = 8) 
             raise SchemaError(f"the video decodes to {frames.shape[2]}x{frames.shape[1]} but its annotation is {w}x{h}",
                               file=job.video_path)
         for name, rgb in zip(names[start : start + chunk], frames):
-            ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-            if not ok:
-                raise SchemaError("JPEG encoding failed", file=folder / f"{name}.jpg")
-            with atomic_path(folder / f"{name}.jpg") as tmp:
-                tmp.write_bytes(data.tobytes())
+            write_jpeg(folder / f"{name}.jpg", rgb, jpeg_quality)
     masks = {oid: [r if rle_ops.area(r) > 0 else None for r in m.rles] for oid, m in masklets.items()}
     return WrittenVideo(job.video_id, names, h, w, masks)
 

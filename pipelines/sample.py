@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
-import cv2
 
 from schemas import Masklet, Video
 from schemas import rle as rle_ops
-from schemas.io import atomic_path, atomic_write_json
+from schemas.io import atomic_write_json
 from schemas.refsav_json import RefSavObject, RefSavVideo, write_refsav_json
 from schemas.refvos import RefExpression, RefVideo, write_mask_dict, write_meta_expressions
 from schemas.rle import Rle
@@ -32,6 +31,7 @@ from schemas.version import __version__
 
 from .progress import progress_bar
 from .synthetic import make_video, write_mp4
+from .visual import write_jpeg
 
 CHUNK = "sav_train/sav_000"
 EVAL = "ref_sav_eval"
@@ -76,9 +76,7 @@ def _render_one(out: Path, video_id: str, cfg: SampleConfig) -> _VideoResult:
             if t % SAV_STRIDE == 0:
                 for k in range(len(video.objects)):
                     rles[k].append(rle_ops.encode(masks[k]))
-                with atomic_path(frame_dir / f"{t:05d}.jpg") as tmp:
-                    ok, data = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-                    tmp.write_bytes(data.tobytes())
+                write_jpeg(frame_dir / f"{t:05d}.jpg", rgb, cfg.jpeg_quality)
             yield rgb
 
     mp4 = out / CHUNK / f"{video_id}.mp4"

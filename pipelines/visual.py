@@ -779,6 +779,18 @@ def encode_jpeg(bgr: np.ndarray, quality: int = 90) -> bytes:
     return data.tobytes()
 
 
+def write_jpeg(path: str | os.PathLike, rgb: np.ndarray, quality: int = 90) -> None:
+    """An RGB frame as a JPEG file, written atomically (a reader never sees half a file)."""
+    from schemas.io import atomic_path
+
+    try:
+        data = encode_jpeg(np.ascontiguousarray(rgb[:, :, ::-1]), quality)
+    except RuntimeError as err:
+        raise SchemaError(str(err), file=path) from None
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 # --------------------------------------------------------------------------- views
 
 
