@@ -23,7 +23,8 @@ point the paper leaves open is decided here, and each decision is listed:
 4. Dynamic fusion: a per-object scalar gate α = sigmoid(w·[t; v] + b) from the two
    subspace tokens (the paper does not say scalar, gate or per-pixel), applied in
    logit space: fused = α·vision + (1−α)·text. With α = 1 the fused mask is
-   Sa2VA's mask bit for bit (tested).
+   Sa2VA's mask bit for bit (tested; for prediction the heads run in the model's
+   dtype, as Sa2VA runs `text_hidden_fcs`, so this holds in bf16 too).
 5. Triple supervision: text, vision and fused logits are each scored against the
    ground-truth mask with Sa2VA's mask loss, BCE×2.0 + Dice×0.5, summed with
    weights 1/1/1. Our choice: the loss is dense over the S×S SAM frame (GT
@@ -31,12 +32,25 @@ point the paper leaves open is decided here, and each decision is listed:
 6. Not implemented: the "Real-Text" head and its point-labelled pre-training
    (needs point-labelled text we do not have) and the inference-time "Reprompt
    feedback" refinement.
+7. Video (the paper gives no video procedure). Sa2VA prompts SAM-2 only on the key
+   frames (no memory) and propagates through the other frames with SAM-2's
+   memory. DeSa2VA does the same with the fused result: on every key frame both
+   paths decode, and their low-res and S×S logits, object pointers and object
+   scores are mixed with α like `fuse_logits`; that fused frame is the key
+   frame's mask AND what SAM-2's memory encoder stores, so the fused prompt drives
+   every propagated frame. One memory bank, one image-encoder pass per frame. At
+   α = 1 every frame equals Sa2VA's masklet (tested). Images: each path's low-res
+   logits are upsampled as Sa2VA does, then fused.
+
+SAM-2 decoding is `GroundingEncoder.decode` (autograd on, no memory encoder), the
+same code Sa2VA's `prompt_frame` runs, so the two cannot drift apart.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -45,9 +59,9 @@ from torch import nn
 
 from schemas.errors import SchemaError
 
-from .config import SAM_PROMPT_DIM
+from .config import SAM_PROMPT_DIM, PredictOptions
 from .preprocess import Frame, sam2_pixels, to_pil
-from .sam2_wrapper import FrameFeatures, GroundingEncoder, upsample_logits
+from .sam2_wrapper import DecodedFrame, FrameFeatures, upsample_logits
 
 HEADS_FORMAT = "refsav-desa2va-heads/1"
 
@@ -69,6 +83,13 @@ class DeSa2VAConfig:
             raise SchemaError(f"must be positive, got {self.hidden_size}", field="hidden_size")
         if self.num_points < 1:
             raise SchemaError(f"must be positive, got {self.num_points}", field="num_points")
+
+
+def check_fits(config: DeSa2VAConfig, llm_hidden_size: int) -> None:
+    """Heads read the LLM's [SEG] state: their H must be the model's."""
+    if config.hidden_size != llm_hidden_size:
+        raise SchemaError(f"the heads were trained for hidden size {config.hidden_size}, "
+                          f"the model's LLM has {llm_hidden_size}", field="hidden_size")
 
 
 def _projection(hidden: int) -> nn.Sequential:
@@ -170,31 +191,16 @@ def triple_loss(out: MaskLogits, target: torch.Tensor, config: DeSa2VAConfig) ->
 # ----------------------------------------------------------------------------- SAM-2 decoding
 
 
-def decode_frame(
-    enc: GroundingEncoder,
-    feats: list[torch.Tensor],  # per level (h_l*w_l, B, C_l)
-    pos: list[torch.Tensor],
-    feat_sizes: list[tuple[int, int]],
-    prompts: torch.Tensor,  # (B, E, 256)
-    point_inputs: dict | None = None,  # point_coords (B, K, 2) px in S×S, point_labels (B, K)
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`GroundingEncoder.prompt_frame` without its no_grad and memory encoder, so
-    gradients reach the prompts through the frozen decoder. Returns the low-res
-    (B, 1, 4h, 4w) and S×S (B, 1, S, S) mask logits."""
-    sam = enc.sam2_model
-    with enc._autocast():
-        high_res = None
-        if len(feats) > 1:
-            high_res = [x.permute(1, 2, 0).reshape(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], feat_sizes[:-1])]
-        pix = sam._prepare_memory_conditioned_features(
-            frame_idx=0, is_init_cond_frame=True, current_vision_feats=feats[-1:],
-            current_vision_pos_embeds=pos[-1:], feat_sizes=feat_sizes[-1:], output_dict={}, num_frames=1,
-        )
-        _, _, _, low, high, _, _ = sam._forward_sam_heads(
-            backbone_features=pix, point_inputs=point_inputs, mask_inputs=None, high_res_features=high_res,
-            multimask_output=sam._use_multimask(True, point_inputs), extra_sparse_prompts=prompts,
-        )
-    return low.float(), high.float()
+def fuse_decoded(text: DecodedFrame, vision: DecodedFrame, alpha: torch.Tensor) -> DecodedFrame:
+    """Both paths' decoded frame mixed with α (B,): masks in logit space, and the
+    object pointer and score that SAM-2's memory reads. α = 1 gives `vision` exactly."""
+    return DecodedFrame(
+        fuse_logits(text.low_res, vision.low_res, alpha),
+        fuse_logits(text.high_res, vision.high_res, alpha),
+        fuse_logits(text.obj_ptr.float(), vision.obj_ptr.float(), alpha).to(vision.obj_ptr.dtype),
+        fuse_logits(text.object_score_logits.float(), vision.object_score_logits.float(), alpha)
+        .to(vision.object_score_logits.dtype),
+    )
 
 
 class DeSa2VA(nn.Module):
@@ -222,50 +228,112 @@ class DeSa2VA(nn.Module):
         src = sa2va.model.text_hidden_fcs.state_dict()
         heads.vision.load_state_dict(src)
         heads.text.load_state_dict(src)
+        return cls.with_heads(sa2va, heads)
+
+    @classmethod
+    def with_heads(cls, sa2va, heads: DecoupleHeads, *, dtype: torch.dtype = torch.float32) -> "DeSa2VA":
+        """Trained heads (e.g. `load_heads`) on a Sa2VA model: checks they were made
+        for its hidden size, freezes and eval()s the model in place. Train in
+        float32; for prediction pass the model's dtype, so that the vision head runs
+        exactly as Sa2VA's `text_hidden_fcs` does (α = 1 then gives Sa2VA's masks
+        bit for bit in bf16 too)."""
+        check_fits(heads.config, sa2va.config.llm_hidden_size)
         sa2va.model.requires_grad_(False).eval()
-        return cls(sa2va, heads.to(device=sa2va.model.device, dtype=torch.float32))
+        return cls(sa2va, heads.to(device=sa2va.model.device, dtype=dtype).eval())
 
     def frozen_parameters(self):
         return self.sa2va.model.named_parameters()
 
+    def point_inputs(self, heads_out: HeadOutputs) -> dict:
+        """The text path's K regressed points as SAM-2 clicks, all positive."""
+        S = self.sa2va.model.grounding_encoder.image_size
+        pts = heads_out.points
+        # SAM's prompt encoder adds 0.5 and divides by S; coordinates are in frame pixels.
+        return {"point_coords": pts * S - 0.5,
+                "point_labels": torch.ones(pts.shape[0], pts.shape[1], dtype=torch.int32, device=pts.device)}
+
+    def decode_paths(self, heads_out: HeadOutputs, feats: list[torch.Tensor], pos: list[torch.Tensor],
+                     feat_sizes: list[tuple[int, int]]) -> tuple[DecodedFrame, DecodedFrame]:
+        """Text path (text token + points) and vision path (vision token alone,
+        Sa2VA's call) on one memory-less frame; autograd on."""
+        enc = self.sa2va.model.grounding_encoder
+        text = enc.decode(feats, pos, feat_sizes, heads_out.text_token, self.point_inputs(heads_out))
+        vision = enc.decode(feats, pos, feat_sizes, heads_out.vision_token, None)
+        return text, vision
+
     def forward_features(self, seg_hidden: torch.Tensor, ff: FrameFeatures, frame: int = 0,
                          heads_out: HeadOutputs | None = None) -> MaskLogits:
         """seg_hidden (B, H) objects on frame `frame` of `ff` → text/vision/fused logits (B, S, S)."""
-        enc = self.sa2va.model.grounding_encoder
         h = heads_out if heads_out is not None else self.heads(seg_hidden.to(self.sa2va.model.device))
-        B = h.text_token.shape[0]
-        feats, pos = ff.frame(frame, B)
-        S = enc.image_size
-        # SAM's prompt encoder adds 0.5 and divides by S; coordinates are in frame pixels.
-        points = {"point_coords": h.points * S - 0.5,
-                  "point_labels": torch.ones(B, h.points.shape[1], dtype=torch.int32, device=h.points.device)}
-        t_low, t_high = decode_frame(enc, feats, pos, ff.feat_sizes, h.text_token, points)
-        v_low, v_high = decode_frame(enc, feats, pos, ff.feat_sizes, h.vision_token, None)
-        return MaskLogits(t_high[:, 0], v_high[:, 0], fuse_logits(t_high[:, 0], v_high[:, 0], h.alpha), h, t_low, v_low)
+        feats, pos = ff.frame(frame, h.text_token.shape[0])
+        t, v = self.decode_paths(h, feats, pos, ff.feat_sizes)
+        t_high, v_high = t.high_res[:, 0].float(), v.high_res[:, 0].float()
+        return MaskLogits(t_high, v_high, fuse_logits(t_high, v_high, h.alpha), h,
+                          t.low_res.float(), v.low_res.float())
 
     @torch.no_grad()
     def predict_image(self, text: str, image: Frame, *, answer: str = "Sure, [SEG].",
                       threshold: float = 0.0) -> "DeSa2VAPrediction":
         """One (H, W) bool mask per [SEG] of the (forced) answer, for each path."""
         g = self.sa2va.ground(text, image=image, answer=answer)
+        return self._image_prediction(g.text, g.seg_hidden, image, threshold)
+
+    def _image_prediction(self, text: str, seg_hidden: torch.Tensor, image: Frame,
+                          threshold: float) -> "DeSa2VAPrediction":
         img = to_pil(image, where="image")
-        if g.seg_hidden.shape[0] == 0:
+        if seg_hidden.shape[0] == 0:
             empty = np.zeros((0, img.height, img.width), dtype=bool)
-            return DeSa2VAPrediction(g.text, empty, empty, empty, np.zeros(0, dtype=np.float32))
+            return DeSa2VAPrediction(text, empty, empty, empty, np.zeros(0, dtype=np.float32))
         enc = self.sa2va.model.grounding_encoder
         ff = enc.encode(sam2_pixels(img, enc.image_size)[None])
-        h = self.heads(g.seg_hidden)
-        out = self.forward_features(g.seg_hidden, ff, heads_out=h)
-        t_low, v_low = out.text_low, out.vision_low
+        h = self.heads(seg_hidden)
+        out = self.forward_features(seg_hidden, ff, heads_out=h)
         size = (img.height, img.width)
         # Upsample each path's low-res logits the way Sa2VA does, then fuse.
-        t = upsample_logits(t_low, enc.image_size, size)
-        v = upsample_logits(v_low, enc.image_size, size)
+        t = upsample_logits(out.text_low, enc.image_size, size)
+        v = upsample_logits(out.vision_low, enc.image_size, size)
         f = fuse_logits(t, v, h.alpha)
         return DeSa2VAPrediction(
-            g.text, (f > threshold).cpu().numpy(), (t > threshold).cpu().numpy(), (v > threshold).cpu().numpy(),
+            text, (f > threshold).cpu().numpy(), (t > threshold).cpu().numpy(), (v > threshold).cpu().numpy(),
             h.alpha.float().cpu().numpy(),
         )
+
+    @torch.no_grad()
+    def predict(
+        self,
+        text: str,
+        *,
+        image: Frame | None = None,
+        video: Sequence[Frame] | None = None,
+        options: PredictOptions = PredictOptions(),
+        answer: str | None = None,
+        logits_processor: Any = None,
+    ) -> "FusedPrediction":
+        """`Sa2VA.predict` with the fused masks: one mask (image) or masklet (video,
+        decision 7 of the module docstring) per [SEG] of the answer."""
+        from .sa2va import _Video
+
+        clip = _Video(video) if video is not None else None
+        g = self.sa2va.ground(text, image=image, video=clip, options=options, answer=answer,
+                              logits_processor=logits_processor)
+        n = g.seg_hidden.shape[0]
+        if image is not None:
+            p = self._image_prediction(g.text, g.seg_hidden, image, options.mask_threshold)
+            return FusedPrediction(g.text, tuple(m[None] for m in p.masks), p.alpha, g.key_frames, g.answer_ids)
+        if n == 0:
+            return FusedPrediction(g.text, (), np.zeros(0, dtype=np.float32), g.key_frames, g.answer_ids)
+        h = self.heads(g.seg_hidden)
+
+        def fused_key_frame(feats, pos, feat_sizes) -> DecodedFrame:
+            return fuse_decoded(*self.decode_paths(h, feats, pos, feat_sizes), h.alpha)
+
+        masks = np.zeros((n, len(clip), *clip.size), dtype=bool)
+        # The vision tokens only give track its batch size; key frames come from the fused decoder.
+        for i, frame_masks in self.sa2va.track_masks(clip, h.vision_token, g.key_frames, options,
+                                                     key_frame_decoder=fused_key_frame):
+            masks[:, i] = frame_masks
+        return FusedPrediction(g.text, tuple(masks[k] for k in range(n)), h.alpha.float().cpu().numpy(),
+                               g.key_frames, g.answer_ids)
 
 
 @dataclass(frozen=True)
@@ -275,6 +343,17 @@ class DeSa2VAPrediction:
     text_masks: np.ndarray  # (n_seg, H, W) bool, text-driven path
     vision_masks: np.ndarray  # (n_seg, H, W) bool, vision-driven path (= Sa2VA's mask at init)
     alpha: np.ndarray  # (n_seg,) fusion weight of the vision path
+
+
+@dataclass(frozen=True)
+class FusedPrediction:
+    """What `DeSa2VA.predict` returns; `text` and `masks` read like `Sa2VAPrediction`'s."""
+
+    text: str
+    masks: tuple[np.ndarray, ...]  # one (T, H, W) bool fused masklet per [SEG]; T = 1 for an image
+    alpha: np.ndarray  # (n_seg,) fusion weight of the vision path
+    key_frames: tuple[int, ...]
+    answer_ids: tuple[int, ...]
 
 
 # ----------------------------------------------------------------------------- head checkpoints
@@ -324,7 +403,7 @@ def load_heads(path: str | Path) -> DecoupleHeads:
 
 
 __all__ = [
-    "DeSa2VA", "DeSa2VAConfig", "DeSa2VAPrediction", "DecoupleHeads", "HeadOutputs", "MaskLogits", "TripleLoss",
-    "bce_loss", "decode_frame", "dice_loss", "fuse_logits", "load_heads", "mask_loss", "orthogonality_loss",
+    "DeSa2VA", "DeSa2VAConfig", "DeSa2VAPrediction", "DecoupleHeads", "FusedPrediction", "HeadOutputs", "MaskLogits",
+    "TripleLoss", "bce_loss", "check_fits", "dice_loss", "fuse_decoded", "fuse_logits", "load_heads", "mask_loss", "orthogonality_loss",
     "save_heads", "triple_loss",
 ]

@@ -13,6 +13,12 @@ A video whose part exists is skipped, so an interrupted run resumes where it sto
 Image protocols (refcoco family) write `OUT/parts/chunk_<k>.parquet` per chunk of
 sentences and `OUT/predictions.parquet` (`ImagePrediction` rows).
 
+DeSa2VA: `--desa2va-heads HEADS.safetensors` (from `refsav model train-heads`) puts
+trained decoupling heads on the checkpoint and writes their fused masks instead of
+Sa2VA's (`DeSa2VA.predict`; images: fused mask, videos: fused key frames seed SAM-2's
+memory). run.json then records the heads file's sha256, so a resumed run with other
+heads is refused.
+
 Several GPUs: `--workers N` starts a Dask LocalCluster of N single-GPU workers
 (`CUDA_VISIBLE_DEVICES` set per worker, tasks need resource GPU=1); `--scheduler
 ADDR` uses an existing cluster (start its workers with `--resources GPU=1` when
@@ -58,6 +64,17 @@ class RunSpec:
     num_key_frames: int = 5
     max_new_tokens: int = 2048
     answer: str | None = None  # forced answer (teacher forcing): times the mask path, not the LLM
+    desa2va_heads: str | None = None  # DeSa2VA heads file (absolute); None = plain Sa2VA
+    desa2va_heads_sha256: str | None = None  # its content, checked again when a worker loads it
+
+    def settings(self) -> dict:
+        """What run.json stores. The heads keys appear only when heads are used, so
+        plain Sa2VA runs written before DeSa2VA existed still resume."""
+        out = asdict(self)
+        if self.desa2va_heads is None:
+            out.pop("desa2va_heads")
+            out.pop("desa2va_heads_sha256")
+        return out
 
     def options(self):
         from .config import PredictOptions
@@ -78,7 +95,7 @@ def prompt_for(expression: str, *, image: bool = False) -> str:
 
 # ----------------------------------------------------------------------------- model cache
 
-_MODELS: dict[tuple[str, str, str], Any] = {}
+_MODELS: dict[tuple, Any] = {}
 
 
 def _load_model(path: str, dtype: str, device: str):
@@ -89,12 +106,34 @@ def _load_model(path: str, dtype: str, device: str):
     return load_sa2va(path, dtype=getattr(torch, dtype), device=device)
 
 
+def _with_heads(sa2va, heads: str, sha256: str | None):
+    """Sa2VA + trained DeSa2VA heads; the file must still be the one run.json names."""
+    from schemas.io import sha256_file
+
+    from .desa2va import DeSa2VA, load_heads
+
+    path = Path(heads)
+    if not path.is_file():
+        raise SchemaError("DeSa2VA heads file not found", file=path)
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise SchemaError("the heads file changed after the run started (sha256 differs from run.json)", file=path)
+    try:
+        # In the model's dtype, as Sa2VA runs its own [SEG] projection.
+        return DeSa2VA.with_heads(sa2va, load_heads(path), dtype=sa2va.model.dtype)
+    except SchemaError as err:
+        raise err.at(file=path) from None
+
+
 def get_model(spec: RunSpec):
-    """The loaded model of this process (a Dask worker loads it on its first task)."""
-    key = (spec.model, spec.dtype, spec.device)
+    """The loaded model of this process (a Dask worker loads it on its first task):
+    a `Sa2VA`, or a `DeSa2VA` with `--desa2va-heads`; both have `predict`."""
+    key = (spec.model, spec.dtype, spec.device, spec.desa2va_heads, spec.desa2va_heads_sha256)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: GPU memory holds one
-        _MODELS[key] = _load_model(*key)
+        model = _load_model(spec.model, spec.dtype, spec.device)
+        if spec.desa2va_heads is not None:
+            model = _with_heads(model, spec.desa2va_heads, spec.desa2va_heads_sha256)
+        _MODELS[key] = model
     return _MODELS[key]
 
 
@@ -287,7 +326,7 @@ class PredictResult:
 
 
 def _check_run_file(out: Path, spec: RunSpec, extra: dict) -> None:
-    want = {**asdict(spec), **extra}
+    want = {**spec.settings(), **extra}
     path = out / "run.json"
     if path.exists():
         have = read_json(path)
@@ -411,6 +450,8 @@ def _predict_options(fn):
         click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
                      help="Dask worker processes (one GPU each with --device cuda)."),
         click.option("--scheduler", default=None, help="Run on an existing Dask cluster (tcp://host:8786)."),
+        click.option("--desa2va-heads", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="DeSa2VA heads (refsav model train-heads): predict their fused masks instead of Sa2VA's."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -418,19 +459,33 @@ def _predict_options(fn):
 
 
 def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str, num_key_frames: int,
-          max_new_tokens: int, force_answer: str | None) -> RunSpec:
+          max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None) -> RunSpec:
     if not model_path.is_dir():
         raise SchemaError("not a checkpoint folder", file=model_path)
+    heads = sha = None
+    if desa2va_heads is not None:
+        from schemas.io import sha256_file
+
+        from .checkpoint import read_config
+        from .desa2va import check_fits, load_heads
+
+        # A bad or misfitting file fails here, before run.json is written (config.json only, no weights).
+        try:
+            check_fits(load_heads(desa2va_heads).config, read_config(model_path).llm_hidden_size)
+        except SchemaError as err:
+            raise err.at(file=desa2va_heads) from None
+        heads, sha = str(desa2va_heads.resolve()), sha256_file(desa2va_heads)
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
-                   max_new_tokens, force_answer)
+                   max_new_tokens, force_answer, heads, sha)
 
 
 def _predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
                           force_answer, meta_name, frames, images, split, split_by, limit, workers,
-                          scheduler) -> PredictResult:
+                          scheduler, desa2va_heads=None) -> PredictResult:
     import time
 
-    spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer)
+    spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer,
+                 desa2va_heads)
     t0 = time.perf_counter()
     res = run_predict(spec, gt, out, meta_name=meta_name, frames=frames, images=images, split=split,
                       split_by=split_by, limit=limit, workers=workers, scheduler=scheduler)
@@ -443,7 +498,7 @@ def _predict_from_options(model_path, protocol, gt, out, device, dtype, key_fram
 @click.command("predict")
 @_predict_options
 def predict_command(**kw) -> None:
-    """Run a Sa2VA checkpoint over a benchmark and write predictions in the scorer's format."""
+    """Run a Sa2VA checkpoint (optionally with DeSa2VA heads) over a benchmark; write the scorer's format."""
     _predict_from_options(**kw)
 
 
@@ -453,16 +508,19 @@ def predict_command(**kw) -> None:
               help="Folder for scores.json (default: --out).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Add the result to this leaderboard database (SQLite).")
-@click.option("--name", default=None, help="Leaderboard name (default: the checkpoint folder name).")
+@click.option("--name", default=None,
+              help="Leaderboard name (default: the checkpoint folder name, plus +desa2va:<heads> with heads).")
 @click.pass_context
 def evaluate_command(ctx: click.Context, scores_dir, db, name, **kw) -> None:
     """Predict, score with the protocol, and optionally add a leaderboard entry."""
     from benchmark.cli import score_command
 
     res = _predict_from_options(**kw)
+    heads = kw.get("desa2va_heads")
+    default_name = kw["model_path"].name + (f"+desa2va:{heads.stem}" if heads is not None else "")
     # The score command's own path: same scores.json, validation report and leaderboard entry.
     ctx.invoke(score_command, protocol=kw["protocol"], gt=kw["gt"], pred=res.predictions,
-               out=scores_dir or kw["out"], strict=False, name=name or kw["model_path"].name, db=db, benchmark=None,
+               out=scores_dir or kw["out"], strict=False, name=name or default_name, db=db, benchmark=None,
                meta_name=kw["meta_name"], split=kw["split"], split_by=kw["split_by"], empty_union="one",
                image_set="val", sequences=None, workers=1, scheduler=None)
 

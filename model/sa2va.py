@@ -18,8 +18,10 @@ Extension points (a DeSa2VA-style head plugs in here):
 * `Sa2VA.ground()` returns the [SEG] hidden states before any projection;
 * `Sa2VAModel.seg_prompts()` maps them to SAM-2 prompt tokens (B, E, 256);
   override it to emit several tokens per object;
-* `GroundingEncoder.prompt_frame()` decodes a frame from extra sparse tokens
-  and/or point prompts; `Sa2VA.track_masks()` tracks any prompt tokens through a video.
+* `GroundingEncoder.decode()` decodes a frame from extra sparse tokens and/or
+  point prompts (autograd on); `prompt_frame()` adds the memory encoder;
+  `Sa2VA.track_masks()` tracks any prompt tokens through a video, and its
+  `key_frame_decoder` lets a head decide the key-frame masks that seed the memory.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from .preprocess import (
     Frame, image_token_string, internvl_frame_pixels, internvl_image_pixels, sam2_pixels, select_key_frames,
     to_pil,
 )
-from .sam2_wrapper import GroundingEncoder, upsample_logits
+from .sam2_wrapper import GroundingEncoder, KeyFrameDecoder, upsample_logits
 
 
 class Sa2VAModel(nn.Module):
@@ -325,9 +327,12 @@ class Sa2VA:
         prompts: torch.Tensor,  # (n, E, 256)
         key_frames: Sequence[int],
         options: PredictOptions = PredictOptions(),
+        *,
+        key_frame_decoder: KeyFrameDecoder | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (frame index, (n, H, W) bool masks) for every frame, in order,
-        holding only a bounded number of frames' SAM-2 state at a time."""
+        holding only a bounded number of frames' SAM-2 state at a time.
+        `key_frame_decoder`: see `GroundingEncoder.track` (DeSa2VA's fused masks)."""
         clip = video if isinstance(video, _Video) else _Video(video)
         enc = self.model.grounding_encoder
         keys = sorted(set(key_frames))
@@ -336,6 +341,7 @@ class Sa2VA:
             stream = enc.track(
                 len(clip), load, prompts, keys,
                 memory_in_bf16=options.memory_in_bf16, backbone_batch=options.backbone_batch,
+                key_frame_decoder=key_frame_decoder,
             )
             for i, low_res in stream:
                 logits = upsample_logits(low_res, enc.image_size, clip.size)

@@ -16,6 +16,10 @@ disabled). `GroundingEncoder` drives it over an image or a video:
   and memory-bank entries older than SAM-2 can attend to are dropped, so memory
   stays flat in the video length (the official predictor keeps every 1024-px
   frame on the GPU).
+
+`GroundingEncoder.decode` is the one place that runs SAM-2's mask head on a
+memory-less frame; it keeps autograd on so trainable prompt heads (DeSa2VA) use it
+directly, and `prompt_frame` (no_grad, plus the memory encoder) is built on it.
 """
 from __future__ import annotations
 
@@ -163,6 +167,20 @@ class FrameFeatures:
         return feats, pos
 
 
+@dataclass(frozen=True)
+class DecodedFrame:
+    """SAM-2's mask head on one frame, for B objects (float32 logits)."""
+
+    low_res: torch.Tensor  # (B, 1, 4h, 4w) mask logits
+    high_res: torch.Tensor  # (B, 1, S, S) the same, bilinear to the SAM frame
+    obj_ptr: torch.Tensor  # (B, 256) object pointer for later frames' memory attention
+    object_score_logits: torch.Tensor  # (B, 1) "object present" logit
+
+
+# (feats, pos, feat_sizes) of one frame, batched by object → its decoded masks.
+KeyFrameDecoder = Callable[[list, list, list], DecodedFrame]
+
+
 class GroundingEncoder(nn.Module):
     """SAM-2 plus the drivers Sa2VA needs. Parameter names: `sam2_model.*` (the
     released `grounding_encoder.sam2_model.*` minus the `.g_weight` rename)."""
@@ -198,23 +216,20 @@ class GroundingEncoder(nn.Module):
             _, feats, pos, sizes = self.sam2_model._prepare_backbone_features(out)
         return FrameFeatures(list(feats), list(pos), list(sizes))
 
-    @torch.no_grad()
-    def prompt_frame(
+    def decode(
         self,
-        feats: list[torch.Tensor],
-        pos: list[torch.Tensor],
+        feats: list[torch.Tensor],  # per level (h_l*w_l, B, C_l), finest first
+        pos: list[torch.Tensor],  # per level (h_l*w_l, B, 256)
         feat_sizes: list[tuple[int, int]],
         prompts: torch.Tensor | None,  # (B, E, 256) extra sparse tokens, e.g. [SEG] embeddings
         point_inputs: dict | None = None,  # optional clicks (B, P, 2)/(B, P), in S×S pixels
-        run_mem_encoder: bool = True,
-    ) -> dict:
-        """One prompted frame without memory (a Sa2VA key frame, or an image).
+    ) -> DecodedFrame:
+        """Decode one frame without memory (a Sa2VA key frame, or an image).
 
-        This is the entry point for heads that prompt SAM-2 differently (e.g. a
-        DeSa2VA-style head adding point prompts next to the [SEG] token). Returns
-        SAM2Base's per-frame output dict: pred_masks (B, 1, 4h, 4w) logits,
-        pred_masks_high_res (B, 1, S, S), obj_ptr (B, 256), object_score_logits
-        (B, 1), maskmem_features / maskmem_pos_enc for the memory bank.
+        No `torch.no_grad` and no memory encoder: gradients reach `prompts` and the
+        point coordinates through the frozen prompt encoder and mask decoder, which
+        is what trainable prompt heads (DeSa2VA) need. `prompt_frame` is this plus
+        the memory encoder, under no_grad.
         """
         sam = self.sam2_model
         with self._autocast():
@@ -236,12 +251,47 @@ class GroundingEncoder(nn.Module):
                 multimask_output=sam._use_multimask(True, point_inputs),
                 extra_sparse_prompts=prompts,
             )
-            out = {
-                "point_inputs": point_inputs, "mask_inputs": None, "pred_masks": low,
-                "pred_masks_high_res": high, "obj_ptr": obj_ptr, "object_score_logits": obj_score,
-            }
-            sam._encode_memory_in_output(feats, feat_sizes, point_inputs, run_mem_encoder, high, obj_score, out)
+        return DecodedFrame(low, high, obj_ptr, obj_score)
+
+    @torch.no_grad()
+    def frame_output(
+        self,
+        feats: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        decoded: DecodedFrame,
+        point_inputs: dict | None = None,
+        run_mem_encoder: bool = True,
+    ) -> dict:
+        """SAM2Base's per-frame output dict for a decoded frame, with its memory
+        (maskmem_features / maskmem_pos_enc) encoded from `decoded.high_res`."""
+        out = {
+            "point_inputs": point_inputs, "mask_inputs": None, "pred_masks": decoded.low_res,
+            "pred_masks_high_res": decoded.high_res, "obj_ptr": decoded.obj_ptr,
+            "object_score_logits": decoded.object_score_logits,
+        }
+        with self._autocast():
+            self.sam2_model._encode_memory_in_output(
+                feats, feat_sizes, point_inputs, run_mem_encoder, decoded.high_res, decoded.object_score_logits, out
+            )
         return out
+
+    @torch.no_grad()
+    def prompt_frame(
+        self,
+        feats: list[torch.Tensor],
+        pos: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        prompts: torch.Tensor | None,  # (B, E, 256) extra sparse tokens, e.g. [SEG] embeddings
+        point_inputs: dict | None = None,  # optional clicks (B, P, 2)/(B, P), in S×S pixels
+        run_mem_encoder: bool = True,
+    ) -> dict:
+        """One prompted frame without memory (a Sa2VA key frame, or an image):
+        `decode` then `frame_output`. Returns SAM2Base's per-frame output dict:
+        pred_masks (B, 1, 4h, 4w) logits, pred_masks_high_res (B, 1, S, S), obj_ptr
+        (B, 256), object_score_logits (B, 1), maskmem_features / maskmem_pos_enc
+        for the memory bank."""
+        decoded = self.decode(feats, pos, feat_sizes, prompts, point_inputs)
+        return self.frame_output(feats, feat_sizes, decoded, point_inputs, run_mem_encoder)
 
     def _history(self) -> int:
         """How many past non-key frames SAM-2 can still attend to (memories and pointers)."""
@@ -259,6 +309,7 @@ class GroundingEncoder(nn.Module):
         memory_in_bf16: bool = True,
         backbone_batch: int = 1,
         keep_all_memory: bool = False,
+        key_frame_decoder: KeyFrameDecoder | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (frame index, low-res mask logits (B, 1, 4h, 4w)) for every frame in order.
 
@@ -267,6 +318,11 @@ class GroundingEncoder(nn.Module):
         `num_maskmem - 1` previous frames and up to `max_obj_ptrs_in_encoder`
         object pointers. Entries older than that are dropped unless
         `keep_all_memory` (for tests that check the dropping changes nothing).
+
+        `key_frame_decoder(feats, pos, feat_sizes) -> DecodedFrame` replaces how a
+        key frame is decoded (default: `decode` with `prompts`); what it returns is
+        both the key frame's output and what enters the memory bank. B is still
+        `prompts.shape[0]`. DeSa2VA uses it to track its fused text/vision masks.
         """
         sam = self.sam2_model
         B = prompts.shape[0]
@@ -298,7 +354,11 @@ class GroundingEncoder(nn.Module):
             ff = encode(chunk)
             for j, i in enumerate(chunk):
                 feats, pos = ff.frame(j, B)
-                out = self.prompt_frame(feats, pos, ff.feat_sizes, prompts)
+                if key_frame_decoder is None:
+                    decoded = self.decode(feats, pos, ff.feat_sizes, prompts)
+                else:
+                    decoded = key_frame_decoder(feats, pos, ff.feat_sizes)
+                out = self.frame_output(feats, ff.feat_sizes, decoded)
                 key_masks[i] = out["pred_masks"]
                 bank["cond_frame_outputs"][i] = compact(out)
             del ff
@@ -343,5 +403,6 @@ def upsample_logits(low_res: torch.Tensor, image_size: int, out_hw: tuple[int, i
 
 
 __all__ = [
-    "FrameFeatures", "GroundingEncoder", "SAM_PROMPT_DIM", "Sa2VASam2", "build_sam2", "upsample_logits",
+    "DecodedFrame", "FrameFeatures", "GroundingEncoder", "KeyFrameDecoder", "SAM_PROMPT_DIM", "Sa2VASam2",
+    "build_sam2", "upsample_logits",
 ]

@@ -54,8 +54,15 @@ def _pick(visible: Sequence[int], k: int) -> list[int]:
 
 
 def load_samples(out: str | Path, *, text: Literal["formated", "short"] = "formated",
-                 frames_per_object: int = 1) -> list[HeadSample]:
+                 frames_per_object: int = 1, limit: int | None = None) -> list[HeadSample]:
+    """Samples of the first `limit` expression rows (all by default), shards in name order."""
     out = Path(out)
+    if not out.is_dir():
+        raise SchemaError("expected a `refsav annotate` output folder (run.json + data/*.parquet)", file=out)
+    if text not in ("formated", "short"):
+        raise SchemaError(f"must be 'formated' or 'short', got {text!r}", field="text")
+    if frames_per_object < 1:
+        raise SchemaError(f"must be positive, got {frames_per_object}", field="frames_per_object")
     run = read_json(out / "run.json")
     if not isinstance(run, dict) or not isinstance(run.get("input"), str):
         raise SchemaError("needs the input root as a string", file=out / "run.json", field="input")
@@ -64,8 +71,12 @@ def load_samples(out: str | Path, *, text: Literal["formated", "short"] = "forma
     if not shards:
         raise SchemaError("no Parquet shards in data/", file=out)
     samples: list[HeadSample] = []
+    rows = 0
     for shard in shards:
         for i, row in enumerate(read_parquet(shard, Expression)):
+            if limit is not None and rows >= limit:
+                return samples
+            rows += 1
             samples.extend(_row_samples(row, root, text, frames_per_object, where=(shard, i)))
     return samples
 
@@ -102,19 +113,31 @@ class Prepared:
     target: torch.Tensor  # (1, S, S) float 0/1, GT squash-resized like the image
 
 
-def prepare(model: DeSa2VA, samples: Sequence[HeadSample]) -> list[Prepared]:
+def prepare(model: DeSa2VA, samples: Sequence[HeadSample],
+            on_item: Callable[[HeadSample], None] | None = None) -> list[Prepared]:
+    """Frozen [SEG] states and SAM-2 features of every sample, once; `on_item` after each."""
     sa2va = model.sa2va
     enc = sa2va.model.grounding_encoder
     S = enc.image_size
     out = []
+    shared_pos: list[torch.Tensor] | None = None
     for s in samples:
         g = sa2va.ground(QUESTION.format(expression=s.text), image=s.image, answer=ANSWER)
         if g.seg_hidden.shape[0] != 1:
             raise SchemaError(f"the answer gave {g.seg_hidden.shape[0]} [SEG] states, expected 1", field="answer")
         ff = enc.encode(sam2_pixels(to_pil(s.image), S)[None])
+        # SAM-2's position encodings depend only on the feature-map sizes, which every
+        # sample shares (all are squashed to S x S); at S = 1024 they are ~88 MB a
+        # sample, several times the features themselves, so one copy serves all.
+        if shared_pos is None:
+            shared_pos = ff.vision_pos
+        elif all(torch.equal(a, b) for a, b in zip(shared_pos, ff.vision_pos)):
+            ff = FrameFeatures(ff.vision_feats, shared_pos, ff.feat_sizes)
         m = torch.from_numpy(s.mask.astype(np.float32))[None, None]
         target = (F.interpolate(m, size=(S, S), mode="bilinear", align_corners=False)[:, 0] > 0.5).float()
         out.append(Prepared(g.seg_hidden, ff, target.to(sa2va.model.device)))
+        if on_item is not None:
+            on_item(s)
     return out
 
 

@@ -25,7 +25,7 @@ SECTIONS = {
     "Models": {
         "predict": ("model.predict", "predict_command", "Run a Sa2VA checkpoint over a benchmark; resumable, multi-GPU."),
         "evaluate": ("model.predict", "evaluate_command", "Predict, score, and add a leaderboard entry."),
-        "model": ("model.cli", "model_group", "Sa2VA reference models: random-weight checkpoints (init-random)."),
+        "model": ("model.cli", "model_group", "Sa2VA reference models: random-weight checkpoints (init-random), DeSa2VA heads (train-heads)."),
     },
     "End to end": {
         "demo": ("pipelines.demo", "demo_command", "Run the end-to-end demo on generated data."),

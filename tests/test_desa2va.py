@@ -13,9 +13,13 @@ import pytest
 import torch
 
 from annotated_fixture import build_annotated
+from model.config import PredictOptions
 from model.desa2va import (
-    DeSa2VA, DeSa2VAConfig, bce_loss, dice_loss, fuse_logits, load_heads, mask_loss, save_heads, triple_loss,
+    DeSa2VA, DeSa2VAConfig, DecoupleHeads, bce_loss, dice_loss, fuse_logits, load_heads, mask_loss, save_heads,
+    triple_loss,
 )
+from model.preprocess import sam2_pixels, to_pil
+from model.sam2_wrapper import upsample_logits
 from model.train_heads import TrainConfig, load_samples, prepare, train_heads
 from schemas.errors import SchemaError
 from test_model import PROMPT, one_thread, tiny, tiny_dir  # noqa: F401  (fixtures)
@@ -111,6 +115,8 @@ def test_heads_train_frozen_parts_stay_identical(tiny, annotated, tmp_path):
     model = DeSa2VA.from_sa2va(tiny, seed=1)
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     data = prepare(model, load_samples(annotated.out, text="short")[:3])
+    # One copy of SAM-2's position encodings serves every sample (they depend on sizes only).
+    assert all(d.features.vision_pos is data[0].features.vision_pos for d in data)
     first = triple_loss(model.forward_features(data[0].seg_hidden, data[0].features), data[0].target, model.config)
     assert all(t.requires_grad for t in (first.text, first.vision, first.fused))
     result = train_heads(model, data, TrainConfig(steps=40, lr=1e-2, batch_size=3))
@@ -132,3 +138,75 @@ def test_heads_train_frozen_parts_stay_identical(tiny, annotated, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(SchemaError, match="junk.safetensors"):
         load_heads(tmp_path / "junk.safetensors")
+
+
+def test_decode_is_prompt_frame_without_memory_and_keeps_autograd(tiny, image):
+    """The one SAM-2 decoding routine: `prompt_frame` (Sa2VA) is `decode` + memory, under no_grad."""
+    enc = tiny.model.grounding_encoder
+    ff = enc.encode(sam2_pixels(to_pil(image), enc.image_size)[None])
+    feats, pos = ff.frame(0, 2)
+    prompts = torch.randn(2, 1, 256, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    decoded = enc.decode(feats, pos, ff.feat_sizes, prompts)
+    decoded.low_res.square().sum().backward()
+    assert prompts.grad is not None and bool(prompts.grad.abs().sum() > 0)
+    assert all(p.grad is None for p in enc.parameters())
+    out = enc.prompt_frame(feats, pos, ff.feat_sizes, prompts.detach())
+    assert not out["pred_masks"].requires_grad and out["maskmem_features"] is not None
+    assert torch.equal(out["pred_masks"], decoded.low_res.detach())
+    assert torch.equal(out["obj_ptr"], decoded.obj_ptr.detach())
+
+
+def test_video_fused_key_frames_drive_the_masklet(tiny):
+    """Decision 7: fused key frames are the masks and seed SAM-2's memory; α = 1 is Sa2VA."""
+    rng = np.random.default_rng(5)
+    video = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(5)]
+    opts = PredictOptions(num_key_frames=2)
+    answer = "Sure, [SEG]."
+    model = DeSa2VA.from_sa2va(tiny, seed=2)
+    ref = tiny.predict(PROMPT, video=video, options=opts, answer=answer)
+    fused = model.predict(PROMPT, video=video, options=opts, answer=answer)
+    assert fused.text == ref.text and fused.key_frames == ref.key_frames == (0, 1)
+    assert len(fused.masks) == 1 and fused.masks[0].shape == (5, 48, 64) and 0 < fused.alpha[0] < 1
+
+    # A key frame's mask is the fused logits of the two paths decoded on that frame alone.
+    g = tiny.ground(PROMPT, video=video, options=opts, answer=answer)
+    h = model.heads(g.seg_hidden)
+    enc = tiny.model.grounding_encoder
+    for k in fused.key_frames:
+        ff = enc.encode(sam2_pixels(to_pil(video[k]), enc.image_size)[None])
+        feats, pos = ff.frame(0, 1)
+        t, v = model.decode_paths(h, feats, pos, ff.feat_sizes)
+        want = upsample_logits(fuse_logits(t.low_res, v.low_res, h.alpha), enc.image_size, (48, 64)) > 0
+        assert np.array_equal(fused.masks[0][k], want[0].numpy())
+    # The other frames propagate from the fused memory, not from Sa2VA's.
+    assert not np.array_equal(fused.masks[0][2:], ref.masks[0][2:])
+
+    with torch.no_grad():
+        model.heads.gate.weight.zero_()
+        model.heads.gate.bias.fill_(40.0)
+    saturated = model.predict(PROMPT, video=video, options=opts, answer=answer)
+    assert saturated.alpha.tolist() == [1.0]
+    assert np.array_equal(saturated.masks[0], ref.masks[0])
+
+
+def test_heads_for_another_width_are_refused(tiny):
+    other = DecoupleHeads(DeSa2VAConfig(hidden_size=tiny.config.llm_hidden_size + 4))
+    with pytest.raises(SchemaError, match="hidden size"):
+        DeSa2VA.with_heads(tiny, other)
+
+
+def test_alpha_one_is_sa2va_in_bfloat16_too(tiny_dir, image):
+    """`refsav predict` defaults to bf16: heads run in the model's dtype, like text_hidden_fcs."""
+    from model.checkpoint import load_sa2va
+
+    half = load_sa2va(tiny_dir, dtype=torch.bfloat16)
+    heads = DeSa2VA.from_sa2va(half, seed=4).heads  # trained (float32) heads ...
+    with torch.no_grad():
+        heads.gate.weight.zero_()
+        heads.gate.bias.fill_(40.0)
+    model = DeSa2VA.with_heads(half, heads, dtype=half.model.dtype)  # ... predicting in bf16
+    assert model.heads.text[0].weight.dtype == torch.bfloat16
+    # An image only: bf16 is slow on CPU, and the vision token is what differed (videos share the code).
+    want = half.predict(PROMPT, image=image, answer="Sure, [SEG].")
+    got = model.predict(PROMPT, image=image, answer="Sure, [SEG].")
+    assert got.alpha.tolist() == [1.0] and np.array_equal(got.masks[0], want.masks[0])

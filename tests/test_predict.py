@@ -181,18 +181,16 @@ def test_prompts_follow_sa2va_evaluation():
     assert mp.prompt_for("man on left", image=True) == "<image>\n Please segment man on left in this image."
 
 
-def test_refcoco_predictions_are_one_parquet_row_per_sentence(tiny_dir, tmp_path, cli):
+@pytest.fixture(scope="module")
+def refcoco(tmp_path_factory):
+    """The RefCOCO ground truth of tests/test_refcoco.py, plus the images it refers to: (data root, images)."""
     import pickle
 
     from PIL import Image
 
-    from benchmark.refcoco import load_ground_truth, load_image_predictions
-    from schemas.io import read_parquet
-    from schemas.predictions import ImagePrediction
-
     from tests.test_refcoco import REFCOCO_REFS, SIZES, instances
 
-    # The RefCOCO ground truth of tests/test_refcoco.py, plus the images it refers to.
+    tmp_path = tmp_path_factory.mktemp("refcoco")
     root = tmp_path / "refer"
     (root / "refcoco").mkdir(parents=True)
     (root / "refcoco" / "instances.json").write_text(json.dumps(instances()))
@@ -203,13 +201,152 @@ def test_refcoco_predictions_are_one_parquet_row_per_sentence(tiny_dir, tmp_path
     rng = np.random.default_rng(0)
     for i, (h, w) in SIZES.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"COCO_train2014_{i:012d}.jpg")
-    out = tmp_path / "pred"
-    args = ["predict", "--model", tiny_dir, "--protocol", "refcoco", "--gt", root, "--out", out, "--dtype", "fp32",
-            "--force-answer", ANSWER, "--images", images, "--split", "val", "--limit", "3"]
-    assert cli(*args) == 0
+    return root, images
+
+
+def _refcoco_args(tiny_dir, refcoco, out, *extra):
+    root, images = refcoco
+    return ["predict", "--model", tiny_dir, "--protocol", "refcoco", "--gt", root, "--out", out, "--dtype", "fp32",
+            "--force-answer", ANSWER, "--images", images, "--split", "val", "--limit", "3", *extra]
+
+
+@pytest.fixture(scope="module")
+def refcoco_run(tiny_dir, refcoco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred_refcoco") / "plain"
+    assert root_cli.main([str(a) for a in _refcoco_args(tiny_dir, refcoco, out)]) == 0
+    return out
+
+
+def test_refcoco_predictions_are_one_parquet_row_per_sentence(refcoco, refcoco_run):
+    from benchmark.refcoco import load_ground_truth, load_image_predictions
+    from schemas.io import read_parquet
+    from schemas.predictions import ImagePrediction
+
+    root, _ = refcoco
+    out = refcoco_run
     rows = read_parquet(out / "predictions.parquet", ImagePrediction)
     truth = load_ground_truth(root, "refcoco", "val")
     assert [r.sample_id for r in rows] == [s.sample_id for s in truth.samples[:3]]
     assert all(r.rle.size == (s.height, s.width) and r.text == ANSWER for r, s in zip(rows, truth.samples))
     read_back = load_image_predictions(out / "predictions.parquet")
     assert len(read_back.entries) == 3 and not read_back.issues
+
+
+# ----------------------------------------------------------------------------- DeSa2VA heads
+
+
+@pytest.fixture(scope="module")
+def heads(tiny_dir, tmp_path_factory):
+    """Untrained DeSa2VA heads of the tiny model (random points and gate, α ≈ 0.5) and
+    the same heads with the gate saturated to α = 1 (the vision path = Sa2VA)."""
+    import torch
+
+    from model.checkpoint import load_sa2va
+    from model.desa2va import DeSa2VA, save_heads
+
+    folder = tmp_path_factory.mktemp("heads")
+    model = DeSa2VA.from_sa2va(load_sa2va(tiny_dir), seed=1)
+    mixed = save_heads(folder / "mixed.safetensors", model.heads)
+    with torch.no_grad():
+        model.heads.gate.weight.zero_()
+        model.heads.gate.bias.fill_(40.0)
+    return mixed, save_heads(folder / "saturated.safetensors", model.heads)
+
+
+@pytest.fixture(scope="module")
+def desa2va_run(tiny_dir, gt, heads, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred_desa2va") / "mixed"
+    assert root_cli.main([str(a) for a in _predict_args(tiny_dir, gt, out, "--desa2va-heads", heads[0])]) == 0
+    return out
+
+
+def _masks(results: dict) -> dict:
+    return {(v, e): entry["prediction_masks"] for v, exps in results.items() for e, entry in exps.items()}
+
+
+def test_desa2va_video_predictions_score_and_differ_from_sa2va(desa2va_run, first_run, gt, heads, tmp_path):
+    from benchmark.cli import score_command
+    from schemas.io import sha256_file
+
+    run = json.loads((desa2va_run / "run.json").read_text())
+    assert run["desa2va_heads"] == str(heads[0].resolve()) and run["desa2va_heads_sha256"] == sha256_file(heads[0])
+    assert "desa2va_heads" not in json.loads((first_run / "run.json").read_text())
+    results = json.loads((desa2va_run / "results.json").read_text())
+    plain = json.loads((first_run / "results.json").read_text())
+    assert _masks(results).keys() == _masks(plain).keys()
+    assert _masks(results) != _masks(plain)  # the fused prompt, not Sa2VA's, made these masks
+    res = CliRunner().invoke(score_command, ["--protocol", "refsav", "--gt", str(gt), "--pred",
+                                             str(desa2va_run / "results.json"), "--out", str(tmp_path), "--strict"])
+    assert res.exit_code == 0, res.output
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["validation"]["problems"] == 0 and 0.0 <= scores["J&F"] <= 100.0
+
+
+def test_desa2va_at_alpha_one_is_sa2va_on_videos(first_run, tiny_dir, gt, heads, tmp_path, cli):
+    out = tmp_path / "saturated"
+    assert cli(*_predict_args(tiny_dir, gt, out, "--desa2va-heads", heads[1], "--limit", 1)) == 0
+    results = json.loads((out / "results.json").read_text())
+    full = json.loads((first_run / "results.json").read_text())
+    first = next(iter(full))
+    # Every frame of every expression, key frames and propagated ones: Sa2VA's masks.
+    assert results == {first: full[first]}
+
+
+def test_desa2va_on_an_image_protocol(refcoco_run, tiny_dir, refcoco, heads, tmp_path, cli):
+    from benchmark.refcoco import load_image_predictions
+    from schemas.io import read_parquet
+    from schemas.predictions import ImagePrediction
+
+    plain = read_parquet(refcoco_run / "predictions.parquet", ImagePrediction)
+    runs = {}
+    for name, path in zip(("mixed", "saturated"), heads):
+        out = tmp_path / name
+        assert cli(*_refcoco_args(tiny_dir, refcoco, out, "--desa2va-heads", path)) == 0
+        assert not load_image_predictions(out / "predictions.parquet").issues
+        runs[name] = read_parquet(out / "predictions.parquet", ImagePrediction)
+        assert [r.sample_id for r in runs[name]] == [r.sample_id for r in plain]
+    assert [r.rle for r in runs["saturated"]] == [r.rle for r in plain]
+    assert [r.rle for r in runs["mixed"]] != [r.rle for r in plain]
+
+
+def test_other_heads_do_not_mix_with_existing_parts(desa2va_run, first_run, tiny_dir, gt, heads, tmp_path, cli, capsys):
+    # A resumed run whose heads file has changed since is refused, before any prediction.
+    own = tmp_path / "h.safetensors"
+    shutil.copy(heads[0], own)
+    out = tmp_path / "resume"
+    assert cli(*_predict_args(tiny_dir, gt, out, "--desa2va-heads", own, "--limit", 1)) == 0
+    capsys.readouterr()
+    shutil.copy(heads[1], own)
+    assert cli(*_predict_args(tiny_dir, gt, out, "--desa2va-heads", own, "--limit", 1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "desa2va_heads_sha256" in err and "run.json" in err
+
+    # Heads added to a plain Sa2VA OUT, or dropped from a DeSa2VA one: refused too.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(first_run, mixed)
+    assert cli(*_predict_args(tiny_dir, gt, mixed, "--desa2va-heads", heads[0])) == 2
+    assert "desa2va_heads" in capsys.readouterr().err
+    assert cli(*_predict_args(tiny_dir, gt, desa2va_run)) == 2
+    assert "desa2va_heads" in capsys.readouterr().err
+
+
+def test_bad_heads_are_one_line_errors(tiny_dir, gt, tmp_path, cli, capsys):
+    from model.checkpoint import read_config
+    from model.desa2va import DeSa2VAConfig, DecoupleHeads, save_heads
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"no tensors here")
+    assert cli(*_predict_args(tiny_dir, gt, tmp_path / "o1", "--desa2va-heads", junk)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "junk.safetensors" in err
+    assert not (tmp_path / "o1" / "run.json").exists()  # refused before anything was written
+
+    assert cli(*_predict_args(tiny_dir, gt, tmp_path / "o2", "--desa2va-heads", tmp_path / "none.safetensors")) == 2
+    assert "none.safetensors" in capsys.readouterr().err
+
+    hidden = read_config(tiny_dir).llm_hidden_size
+    wrong = save_heads(tmp_path / "wrong.safetensors", DecoupleHeads(DeSa2VAConfig(hidden_size=hidden * 2)))
+    assert cli(*_predict_args(tiny_dir, gt, tmp_path / "o3", "--desa2va-heads", wrong, "--limit", 1)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "wrong.safetensors" in err and "hidden size" in err
+    assert not (tmp_path / "o3" / "run.json").exists()
