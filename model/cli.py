@@ -22,8 +22,9 @@ def model_group() -> None:
 @model_group.command("init-random")
 @click.option("--size", type=click.Choice(["tiny", "1b", "4b"]), default="tiny", show_default=True,
               help="tiny: CPU tests; 1b / 4b: the released Sa2VA-1B / -4B shapes.")
-@click.option("--base", type=click.Choice(["internvl", "qwen2.5-vl"]), default="internvl", show_default=True,
-              help="VLM family (qwen2.5-vl has tiny and 4b = Sa2VA-Qwen2_5-VL-3B shapes).")
+@click.option("--base", type=click.Choice(["internvl", "qwen2.5-vl", "qwen3-vl"]), default="internvl",
+              show_default=True,
+              help="VLM family (qwen2.5-vl has tiny and 4b = Sa2VA-Qwen2_5-VL-3B shapes; qwen3-vl has tiny only).")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Checkpoint folder to write.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,

@@ -8,12 +8,14 @@ files, model.safetensors (sharded when large) — with random values:
 |-------|-------------|------------------------------------------------------------------|
 | tiny  | internvl    | a 2-layer InternViT (56 px tiles) + 2-layer Qwen2 (H=64), SAM 2.1 Hiera-T at 256 px |
 | tiny  | qwen2.5-vl  | a 2-block Qwen2.5-VL ViT + 2-layer text model (H=64), SAM 2.1 Hiera-T at 256 px |
+| tiny  | qwen3-vl    | a 2-block Qwen3-VL ViT (2 DeepStack mergers) + 2-layer text model (H=64), SAM 2.1 Hiera-T at 256 px |
 | 1b    | internvl    | Sa2VA-1B: InternViT-300M + Qwen2.5-0.5B (H=896), SAM 2.0 Hiera-L at 1024 |
 | 4b    | internvl    | Sa2VA-4B: InternViT-300M + Qwen2.5-3B (H=2048), SAM 2.0 Hiera-L at 1024 |
 | 4b    | qwen2.5-vl  | Sa2VA-Qwen2_5-VL-3B: Qwen2.5-VL-3B (H=2048), SAM 2.0 Hiera-L at 1024 |
 
 The LLM shapes follow the base models' published configs (vocabulary = the base
-tokenizer's length + Sa2VA's 5 tokens). The tokenizer, though, is a small BPE
+tokenizer's length + Sa2VA's 5 tokens). qwen3-vl has no 4b: the reference sheet
+gives only Sa2VA-Qwen3-VL-4B's LLM width (2560), not the layer, head and ViT shapes. The tokenizer, though, is a small BPE
 trained locally in milliseconds: the real vocabularies cannot be downloaded here,
 and speed does not depend on them. Nothing is instantiated in full: tensors are
 generated one shard at a time, so a 4B checkpoint needs about one shard of RAM.
@@ -33,13 +35,14 @@ from schemas.io import atomic_write_json
 from .config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS, Sa2VAConfig, Sam2Spec
 
 SIZES = ("tiny", "1b", "4b")
-BASES = ("internvl", "qwen2.5-vl")
+BASES = ("internvl", "qwen2.5-vl", "qwen3-vl")
 
 TINY_SAM2 = Sam2Spec("configs/sam2.1/sam2.1_hiera_t.yaml", 256)
 CHAT_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 QWEN_VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 # Qwen2-VL's chat template without the default system prompt (what Sa2VA stores as `template`).
+# Qwen3-VL's own template renders a user turn of images + text to the same string.
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -162,6 +165,40 @@ def qwen25_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def qwen3_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
+    """A released-style Sa2VA-Qwen3-VL config.json (tiny only, see the module docstring)."""
+    if size != "tiny":
+        raise SchemaError(
+            f"no Qwen3-VL shapes for size {size!r}: only tiny (the reference sheet lacks Sa2VA-Qwen3-VL-4B's "
+            "layer, head and ViT shapes)",
+            field="size",
+        )
+    # Released Qwen3-VL configs carry the ViT's model_type as "qwen3_vl" and the text RoPE
+    # as `rope_scaling` + `rope_theta` (transformers < 5 names); transformers 5 reads both.
+    vision = dict(model_type="qwen3_vl", depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                  out_hidden_size=64, hidden_act="gelu_pytorch_tanh", in_channels=3, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0, 1], initializer_range=0.02)
+    # head_dim 16 → 8 rotary frequencies, split T/H/W like the released [24, 20, 20] of 64 (interleaved).
+    text = dict(model_type="qwen3_vl_text", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=len(token_ids),
+                hidden_act="silu", rms_norm_eps=1e-6, rope_theta=5000000.0,
+                rope_scaling={"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+                max_position_embeddings=262144, attention_bias=False, attention_dropout=0.0,
+                initializer_range=0.02, use_cache=True, tie_word_embeddings=False,
+                bos_token_id=token_ids["<|endoftext|>"], eos_token_id=token_ids["<|im_end|>"])
+    return {
+        "architectures": ["Sa2VAChatModelQwen"], "model_type": "sa2va_chat",
+        "auto_map": {"AutoConfig": "configuration_sa2va_chat.Sa2VAChatConfigQwen",
+                     "AutoModel": "modeling_sa2va_qwen.Sa2VAChatModelQwen",
+                     "AutoModelForCausalLM": "modeling_sa2va_qwen.Sa2VAChatModelQwen"},
+        "vision_config": vision, "text_config": text, "template": QWEN_CHAT_TEMPLATE,
+        "image_token_id": token_ids["<|image_pad|>"], "video_token_id": token_ids["<|video_pad|>"],
+        "vision_start_token_id": token_ids["<|vision_start|>"], "vision_end_token_id": token_ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
+    }
+
+
 # ------------------------------------------------------------------------------ tokenizer / processor
 
 
@@ -184,7 +221,9 @@ def train_tokenizer(special_tokens: tuple[str, ...], *, vocab_size: int = 400):
     )
 
 
-def qwen_processor(tokenizer, size: str):
+def qwen_processor(tokenizer, size: str, base: str = "qwen2.5-vl"):
+    if base == "qwen3-vl":
+        return _qwen3_processor(tokenizer)  # tiny only
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     # Sa2VA-Qwen's processor uses 512..2048 merged patches; tiny stays small for CPU tests.
@@ -193,6 +232,21 @@ def qwen_processor(tokenizer, size: str):
     video = Qwen2VLVideoProcessor(min_pixels=lo, max_pixels=hi)
     return Qwen2_5_VLProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video,
                                chat_template=QWEN_CHAT_TEMPLATE)
+
+
+def _qwen3_processor(tokenizer):
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    # Qwen3-VL: 16 px patches merged 2×2 (32 px per LLM token), mean = std = 0.5.
+    # Tiny: 16..64 LLM tokens per image, as for the tiny Qwen2.5-VL.
+    lo, hi = 16 * 32 * 32, 64 * 32 * 32
+    half = [0.5, 0.5, 0.5]
+    image = Qwen2VLImageProcessor(size={"shortest_edge": lo, "longest_edge": hi}, patch_size=16,
+                                  temporal_patch_size=2, merge_size=2, image_mean=half, image_std=half)
+    video = Qwen3VLVideoProcessor(size={"shortest_edge": lo, "longest_edge": hi}, patch_size=16,
+                                  temporal_patch_size=2, merge_size=2, image_mean=half, image_std=half)
+    return Qwen3VLProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video,
+                            chat_template=QWEN_CHAT_TEMPLATE)
 
 
 # ------------------------------------------------------------------------------ values
@@ -252,8 +306,9 @@ def write_random_checkpoint(
         raw = internvl_config(size, tokenizer.get_vocab())
     else:
         tokenizer = train_tokenizer(CHAT_TOKENS + QWEN_VL_TOKENS + SA2VA_SPECIAL_TOKENS)
-        raw = qwen25_vl_config(size, tokenizer.get_vocab())
-        processor = qwen_processor(tokenizer, size)
+        make_config = qwen3_vl_config if base == "qwen3-vl" else qwen25_vl_config
+        raw = make_config(size, tokenizer.get_vocab())
+        processor = qwen_processor(tokenizer, size, base)
     raw["refsav"] = {"random_init": {"size": size, "base": base, "seed": seed}}
     if size == "tiny":
         raw["refsav"]["sam2"] = TINY_SAM2.to_json()
@@ -298,5 +353,5 @@ def write_random_checkpoint(
 
 __all__ = [
     "BASES", "QWEN_CHAT_TEMPLATE", "RandomCheckpoint", "SIZES", "TINY_SAM2", "internvl_config", "qwen25_vl_config",
-    "qwen_processor", "random_value", "train_tokenizer", "write_random_checkpoint",
+    "qwen3_vl_config", "qwen_processor", "random_value", "train_tokenizer", "write_random_checkpoint",
 ]

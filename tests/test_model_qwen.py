@@ -1,5 +1,6 @@
-"""Sa2VA on Qwen2.5-VL (transformers' Qwen2_5_VLForConditionalGeneration): the Qwen
-family's released key layouts, processor-built prompts, and the shared SAM-2 path."""
+"""Sa2VA on Qwen2.5-VL and Qwen3-VL (transformers' Qwen2_5_VLForConditionalGeneration /
+Qwen3VLForConditionalGeneration): the Qwen family's released key layouts, processor-built
+prompts (M-RoPE positions, Qwen3-VL's DeepStack features), and the shared SAM-2 path."""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,17 @@ from model.checkpoint import load_sa2va
 from model.cli import model_group
 from model.config import PredictOptions
 from model.preprocess import to_pil
+from model.random_init import write_random_checkpoint
 from model.sa2va import append_answer
+from schemas.errors import SchemaError
 
 PROMPT = "<image>\nPlease segment the red ball."
+# Per base: the transformers class, the ViT patch (pixel_values row = 3 · 2 frames · patch²),
+# and a released key only that ViT has.
+BASES = {
+    "qwen2.5-vl": ("Qwen2_5_VLForConditionalGeneration", 14, "model.model.visual.merger.mlp.0.weight"),
+    "qwen3-vl": ("Qwen3VLForConditionalGeneration", 16, "model.model.visual.deepstack_merger_list.1.linear_fc2.weight"),
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,25 +36,32 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sa2va_qwen") / "tiny"
-    result = CliRunner().invoke(model_group, ["init-random", "--base", "qwen2.5-vl", "--out", str(out)])
+@pytest.fixture(scope="module", params=sorted(BASES))
+def qwen_dir(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sa2va_qwen") / request.param
+    result = CliRunner().invoke(model_group, ["init-random", "--base", request.param, "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
 
 
+def test_qwen3_vl_has_no_4b_shapes(tmp_path):
+    with pytest.raises(SchemaError, match="only tiny"):
+        write_random_checkpoint(tmp_path / "q3", "4b", "qwen3-vl")
+
+
 def test_qwen_checkpoint_layouts_and_prediction(qwen_dir, tmp_path):
+    cls_name, patch, vit_key = BASES[qwen_dir.name]
     raw = json.loads((qwen_dir / "config.json").read_text())
     assert raw["model_type"] == "sa2va_chat" and raw["architectures"] == ["Sa2VAChatModelQwen"]
     assert "<|vision_start|>" in raw["template"]  # a Jinja chat template, not an xtuner name
     tensors = load_file(str(qwen_dir / "model.safetensors"))
-    assert "model.lm_head.weight" in tensors
+    assert "model.lm_head.weight" in tensors and vit_key in tensors
     assert any(k.startswith("model.model.visual.") for k in tensors)
     assert any(k.startswith("model.model.language_model.") for k in tensors)
 
     model = load_sa2va(qwen_dir)
     assert model.load_report.ok and model.processor is not None
+    assert model.config.family == qwen_dir.name and type(model.model.vlm).__name__ == cls_name
 
     # The pre-4.52 layout (model.visual.*, model.model.* for the LLM) loads to the same weights.
     old = {k.replace("model.model.visual.", "model.visual.").replace("model.model.language_model.", "model.model."): v
@@ -66,6 +82,7 @@ def test_qwen_checkpoint_layouts_and_prediction(qwen_dir, tmp_path):
     assert pred.text == "Sure, [SEG]." and len(pred.masks) == 1 and pred.masks[0].shape == (1, 90, 120)
     with torch.no_grad():  # the embedding is text_hidden_fcs of the last-layer [SEG] state
         inputs = model.llm_inputs(PROMPT, [to_pil(image)], is_video=False)
+        assert inputs["pixel_values"].shape[1] == 3 * 2 * patch * patch
         ans = torch.tensor([model.tokenizer.encode("Sure, [SEG].", add_special_tokens=False)])
         full = append_answer(inputs, ans)
         hidden = model.model.vlm.model(**full).last_hidden_state[0]
