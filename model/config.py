@@ -107,6 +107,49 @@ class InternVLImageSpec:
 
 
 @dataclass(frozen=True)
+class QwenPixelSpec:
+    """Pixel bounds for one Qwen-family image (or video key frame) at inference.
+
+    The released Sa2VA Qwen code (reference §6; the Qwen3-VL `Sa2VAChatModelQwen` too) sets
+    `min_pixels = 512·28·28`, `max_pixels = 2048·28·28` and passes them to the
+    processor call, whatever the checkpoint's saved processor says; so these, not
+    the saved processor's defaults, are the default here. The image processor
+    rounds each side to its own factor (patch × merge: 28 for Qwen2.5-VL, 32 for
+    Qwen3-VL, whose patch is 16). The released Qwen3-VL code passes the same
+    28-based pixel counts, so the bounds are identical and only the rounding factor
+    differs (512·28·28 pixels is ~392 tokens there, not 512). refsav's tiny random
+    checkpoints record smaller bounds under `refsav.qwen_pixels` so CPU tests stay
+    small; released files have no such block.
+    """
+
+    min_pixels: int = 512 * 28 * 28
+    max_pixels: int = 2048 * 28 * 28
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise SchemaError(
+                f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}",
+                field="refsav.qwen_pixels",
+            )
+
+    def processor_size(self) -> dict[str, int]:
+        """The `size` a transformers Qwen2-VL image processor takes (5.x names)."""
+        return {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> "QwenPixelSpec":
+        if not raw:
+            return cls()
+        try:
+            return cls(min_pixels=int(raw["min_pixels"]), max_pixels=int(raw["max_pixels"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(f"bad Qwen pixel bounds {dict(raw)!r}: {exc}", field="refsav.qwen_pixels") from None
+
+
+@dataclass(frozen=True)
 class Sa2VAConfig:
     """A released `config.json`, parsed.
 
@@ -118,6 +161,7 @@ class Sa2VAConfig:
     raw: Mapping[str, Any]
     template: str  # InternVL: xtuner template name; Qwen: Jinja chat template
     sam2: Sam2Spec = field(default_factory=Sam2Spec)
+    qwen_pixels: QwenPixelSpec = field(default_factory=QwenPixelSpec)  # Qwen family only
 
     @property
     def llm_hidden_size(self) -> int:
@@ -157,12 +201,15 @@ class Sa2VAConfig:
 
     def to_released(self) -> dict[str, Any]:
         out = copy.deepcopy(dict(self.raw))
-        if self.sam2 != Sam2Spec():
-            out.setdefault("refsav", {})["sam2"] = self.sam2.to_json()
-        else:
-            out.get("refsav", {}).pop("sam2", None)
-            if "refsav" in out and not out["refsav"]:
-                del out["refsav"]
+        # Only non-default settings are written, so a released file round-trips unchanged.
+        settings = (("sam2", self.sam2, Sam2Spec()), ("qwen_pixels", self.qwen_pixels, QwenPixelSpec()))
+        for key, value, default in settings:
+            if value != default:
+                out.setdefault("refsav", {})[key] = value.to_json()
+            else:
+                out.get("refsav", {}).pop(key, None)
+        if "refsav" in out and not out["refsav"]:
+            del out["refsav"]
         return out
 
     @classmethod
@@ -196,7 +243,9 @@ def _parse(raw: Mapping[str, Any]) -> Sa2VAConfig:
     if not isinstance(template, str) or not template:
         raise SchemaError("missing or empty", field="template")
     sam2 = Sam2Spec.from_json((raw.get("refsav") or {}).get("sam2"))
-    cfg = Sa2VAConfig(family=family, raw=copy.deepcopy(dict(raw)), template=template, sam2=sam2)
+    qwen_pixels = QwenPixelSpec.from_json((raw.get("refsav") or {}).get("qwen_pixels"))
+    cfg = Sa2VAConfig(family=family, raw=copy.deepcopy(dict(raw)), template=template, sam2=sam2,
+                      qwen_pixels=qwen_pixels)
     if family == "internvl":
         for key in ("vision_config", "llm_config"):
             if not isinstance(raw.get(key), Mapping):
@@ -240,6 +289,6 @@ class PredictOptions:
 __all__ = [
     "ChatTemplate", "FAMILIES", "Family", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_CONTEXT_TOKEN",
     "IMG_END_TOKEN", "IMG_START_TOKEN", "INTERNVL_SPECIAL_TOKENS", "InternVLImageSpec", "KeyFrameMode",
-    "PredictOptions", "SA2VA_SPECIAL_TOKENS", "SAM_PROMPT_DIM", "SEG_TOKEN", "Sa2VAConfig", "Sam2Spec",
+    "PredictOptions", "QwenPixelSpec", "SA2VA_SPECIAL_TOKENS", "SAM_PROMPT_DIM", "SEG_TOKEN", "Sa2VAConfig", "Sam2Spec",
     "TEMPLATES", "detect_family",
 ]

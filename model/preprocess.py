@@ -3,10 +3,15 @@
 Pure functions of PIL images / arrays. Two consumers:
 * the LLM's vision encoder (InternVL tiles of 448 px, or whole frames for video),
 * SAM-2 (every frame resized to a square `image_size`, aspect ratio ignored).
+
+The Qwen family's LLM pixels come from its transformers processor; what happens
+before it is `qwen_vl_image` (see there).
 """
 from __future__ import annotations
 
 from typing import Sequence, Union
+
+import math
 
 import numpy as np
 import torch
@@ -14,7 +19,7 @@ from PIL import Image
 
 from schemas.errors import SchemaError
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, InternVLImageSpec, KeyFrameMode
+from .config import IMAGENET_MEAN, IMAGENET_STD, InternVLImageSpec, KeyFrameMode, QwenPixelSpec
 
 Frame = Union[Image.Image, np.ndarray]
 
@@ -106,6 +111,67 @@ def sam2_pixels(img: Image.Image, image_size: int) -> torch.Tensor:
     return normalize(img.resize((image_size, image_size), Image.BICUBIC))
 
 
+# qwen_vl_utils' own image bounds (`fetch_image` with its default image_patch_size 14):
+# 4 .. 16384 merged 28-px patches. The released Sa2VA code calls
+# `process_vision_info(messages)` without per-image bounds, so these apply, for
+# Qwen3-VL as well.
+QWEN_VL_UTILS_FACTOR = 28
+QWEN_VL_UTILS_MIN_PIXELS = 4 * 28 * 28
+QWEN_VL_UTILS_MAX_PIXELS = 16384 * 28 * 28
+_MAX_ASPECT = 200  # both qwen_vl_utils and transformers refuse flatter images
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) → the Qwen-VL target size: both sides multiples of `factor`,
+    area within [min_pixels, max_pixels], aspect ratio kept as far as rounding allows.
+
+    Sides are rounded to the nearest multiple (at least one `factor`); if that area
+    is too large both are scaled by sqrt(max/area) and floored (at least one
+    `factor`), if too small scaled by sqrt(min/area) and ceiled. This is
+    qwen_vl_utils' rule with transformers' floor guard (where qwen_vl_utils would
+    floor a side to 0 and fail); it equals transformers' rule except for sides
+    under factor/2 px, which transformers rounds to 0 first.
+    """
+    if min(height, width) < 1:
+        raise SchemaError(f"image has an empty side: {height}x{width}", field="image")
+    if max(height, width) / min(height, width) > _MAX_ASPECT:
+        raise SchemaError(f"aspect ratio of {height}x{width} exceeds {_MAX_ASPECT}:1", field="image")
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def qwen_vl_image(img: Image.Image) -> Image.Image:
+    """What `qwen_vl_utils.process_vision_info` hands the processor for one image.
+
+    The released Sa2VA Qwen code resizes twice: qwen_vl_utils first (PIL, to
+    `smart_resize` with its own wide bounds and factor 28: for ordinary frames this
+    only rounds the sides to multiples of 28), then the processor again with
+    `QwenPixelSpec`'s bounds and its own factor. Reproducing the first step keeps
+    the second one's input, hence the token count and pixels, the same as theirs.
+    """
+    h, w = smart_resize(img.height, img.width, QWEN_VL_UTILS_FACTOR, QWEN_VL_UTILS_MIN_PIXELS,
+                        QWEN_VL_UTILS_MAX_PIXELS)
+    # qwen_vl_utils calls `resize` without a filter: PIL's default for RGB is bicubic.
+    return img.resize((w, h), Image.BICUBIC)
+
+
+def qwen_token_grid(height: int, width: int, spec: QwenPixelSpec, factor: int) -> tuple[int, int]:
+    """LLM image-token rows × columns for a (height, width) frame: both resizes of
+    `qwen_vl_image`, the second with the processor's `factor` (patch × merge)."""
+    h, w = smart_resize(height, width, QWEN_VL_UTILS_FACTOR, QWEN_VL_UTILS_MIN_PIXELS, QWEN_VL_UTILS_MAX_PIXELS)
+    h, w = smart_resize(h, w, factor, spec.min_pixels, spec.max_pixels)
+    return h // factor, w // factor
+
+
 def select_key_frames(num_frames: int, mode: KeyFrameMode, k: int) -> tuple[int, ...]:
     """Frames the LLM sees; the same frames receive the [SEG] prompt in SAM-2.
 
@@ -128,5 +194,7 @@ def select_key_frames(num_frames: int, mode: KeyFrameMode, k: int) -> tuple[int,
 
 __all__ = [
     "Frame", "candidate_grids", "closest_grid", "image_tiles", "image_token_string", "internvl_frame_pixels",
-    "internvl_image_pixels", "normalize", "sam2_pixels", "select_key_frames", "to_pil",
+    "internvl_image_pixels", "normalize", "QWEN_VL_UTILS_FACTOR", "QWEN_VL_UTILS_MAX_PIXELS",
+    "QWEN_VL_UTILS_MIN_PIXELS", "qwen_token_grid", "qwen_vl_image", "sam2_pixels", "select_key_frames",
+    "smart_resize", "to_pil",
 ]

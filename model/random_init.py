@@ -32,7 +32,7 @@ import torch
 from schemas.errors import SchemaError
 from schemas.io import atomic_write_json
 
-from .config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS, Sa2VAConfig, Sam2Spec
+from .config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS, QwenPixelSpec, Sa2VAConfig, Sam2Spec
 
 SIZES = ("tiny", "1b", "4b")
 BASES = ("internvl", "qwen2.5-vl", "qwen3-vl")
@@ -310,6 +310,12 @@ def write_random_checkpoint(
         raw = make_config(size, tokenizer.get_vocab())
         processor = qwen_processor(tokenizer, size, base)
     raw["refsav"] = {"random_init": {"size": size, "base": base, "seed": seed}}
+    if processor is not None and size == "tiny":
+        # Inference passes the config's bounds to the processor: record the tiny ones
+        # (released checkpoints have none and get Sa2VA's 512..2048·28² pixels).
+        bounds = processor.image_processor.size
+        spec = QwenPixelSpec(min_pixels=bounds.shortest_edge, max_pixels=bounds.longest_edge)
+        raw["refsav"]["qwen_pixels"] = spec.to_json()
     if size == "tiny":
         raw["refsav"]["sam2"] = TINY_SAM2.to_json()
     cfg = Sa2VAConfig.from_released(raw)

@@ -40,8 +40,8 @@ from .config import (
     IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, SAM_PROMPT_DIM, SEG_TOKEN, PredictOptions, Sa2VAConfig,
 )
 from .preprocess import (
-    Frame, image_token_string, internvl_frame_pixels, internvl_image_pixels, sam2_pixels, select_key_frames,
-    to_pil,
+    Frame, image_token_string, internvl_frame_pixels, internvl_image_pixels, qwen_vl_image, sam2_pixels,
+    select_key_frames, to_pil,
 )
 from .sam2_wrapper import GroundingEncoder, KeyFrameDecoder, upsample_logits
 
@@ -241,13 +241,19 @@ class Sa2VA:
     def _qwen_inputs(self, text: str, frames: Sequence[Image.Image]) -> dict:
         if self.processor is None:
             raise SchemaError("the Qwen family needs its processor", field="processor")
-        content: list[dict] = [{"type": "image", "image": f} for f in frames]
+        # As the released code: qwen_vl_utils' resize, then the processor with Sa2VA's
+        # pixel bounds (not the saved processor's), which sets the image token count.
+        shown = [qwen_vl_image(f) for f in frames]
+        content: list[dict] = [{"type": "image", "image": f} for f in shown]
         content.append({"type": "text", "text": text.replace("<image>", "")})
         messages = [{"role": "user", "content": content}]
         prompt = self.processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, chat_template=self.config.template
         )
-        enc = self.processor(text=[prompt], images=list(frames) or None, return_tensors="pt")
+        enc = self.processor(
+            text=[prompt], images=shown or None, return_tensors="pt",
+            images_kwargs={"size": self.config.qwen_pixels.processor_size()},
+        )
         out = {k: v.to(self.model.device) for k, v in enc.items() if isinstance(v, torch.Tensor)}
         if "pixel_values" in out:
             out["pixel_values"] = out["pixel_values"].to(self.model.dtype)
@@ -348,6 +354,7 @@ class Sa2VA:
                 yield i, (logits > options.mask_threshold).cpu().numpy()
 
     # ------------------------------------------------------------------ all together
+    @torch.no_grad()
     def predict(
         self,
         text: str,

@@ -3,6 +3,7 @@ Qwen3VLForConditionalGeneration): the Qwen family's released key layouts, proces
 prompts (M-RoPE positions, Qwen3-VL's DeepStack features), and the shared SAM-2 path."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import load_sa2va
 from model.cli import model_group
-from model.config import PredictOptions
-from model.preprocess import to_pil
+from model.config import PredictOptions, QwenPixelSpec, Sa2VAConfig
+from model.preprocess import qwen_token_grid, qwen_vl_image, smart_resize, to_pil
 from model.random_init import write_random_checkpoint
 from model.sa2va import append_answer
 from schemas.errors import SchemaError
@@ -95,3 +96,82 @@ def test_qwen_checkpoint_layouts_and_prediction(qwen_dir, tmp_path):
     gen = model.predict(PROMPT, image=image, options=PredictOptions(max_new_tokens=3))
     # A [SEG] counts once fed back to the LLM, so never the last generated token.
     assert len(gen.answer_ids) <= 3 and len(gen.masks) == gen.answer_ids[:-1].count(model.seg_id)
+
+
+# ------------------------------------------------------------------ image sizing (released: 512..2048·28² pixels)
+WIDE = (4 * 28 * 28, 16384 * 28 * 28)  # qwen_vl_utils' own bounds
+SA2VA = (512 * 28 * 28, 2048 * 28 * 28)
+
+
+def test_smart_resize_hand_computed():
+    # Rounding only: each side to the nearest multiple of 28.
+    assert smart_resize(100, 100, 28, *WIDE) == (112, 112)
+    assert smart_resize(90, 120, 28, *WIDE) == (84, 112)
+    assert smart_resize(480, 640, 28, *WIDE) == (476, 644)  # 17.1 → 17, 22.9 → 23
+    # Upsizing 640x480: 476·644 = 306,544 < 401,408 → ×sqrt(401408/307200) = 1.1431:
+    # 548.7 → ceil to 20·28, 731.6 → ceil to 27·28.
+    assert smart_resize(480, 640, 28, *SA2VA) == (560, 756)
+    # Downsizing 1080p: 1092·1932 > 1,605,632 → ÷sqrt(2073600/1605632) = 1.1364:
+    # 950.4 → floor to 33·28, 1689.6 → floor to 60·28.
+    assert smart_resize(1080, 1920, 28, *SA2VA) == (924, 1680)
+    # Qwen3-VL rounds to 32: 476·644 → ×1.1443 → 544.7 → 18·32, 736.9 → 24·32.
+    assert smart_resize(476, 644, 32, *SA2VA) == (576, 768)
+    # A side never rounds below one factor; a 10 px square is then scaled ×sqrt(3136/100) = 5.6.
+    assert smart_resize(10, 10, 28, 1, 10**9) == (28, 28)
+    assert smart_resize(10, 10, 28, *WIDE) == (56, 56)
+    # Beyond 200:1 is refused, as upstream does.
+    with pytest.raises(SchemaError, match="aspect ratio"):
+        smart_resize(1, 201, 28, *WIDE)
+    for h, w in [(480, 640), (1080, 1920), (37, 200), (3000, 400), (2160, 3840)]:
+        for factor in (28, 32):
+            rh, rw = smart_resize(h, w, factor, *SA2VA)
+            assert rh % factor == 0 and rw % factor == 0
+            assert SA2VA[0] <= rh * rw <= SA2VA[1]
+            # Aspect kept up to one factor of rounding per side.
+            assert abs(rw / rh - w / h) <= (w / h) * (factor / rh + factor / rw) * 1.01
+
+
+def test_token_grid_is_both_resizes():
+    spec = QwenPixelSpec()
+    assert (spec.min_pixels, spec.max_pixels) == SA2VA  # the released default
+    assert qwen_token_grid(480, 640, spec, 28) == (20, 27)  # 540 tokens
+    assert qwen_token_grid(480, 640, spec, 32) == (18, 24)  # via 476x644; one-step would give 18x23
+    assert qwen_token_grid(1080, 1920, spec, 28) == (34, 60)  # via 1092x1932; one-step would give 33x60
+    img = qwen_vl_image(to_pil(np.zeros((1080, 1920, 3), dtype=np.uint8)))
+    assert img.size == (1932, 1092)
+
+
+def test_qwen_pixel_bounds_in_config():
+    raw = {"model_type": "sa2va_chat", "template": "{{ x }}", "vision_config": {"model_type": "qwen2_5_vl"},
+           "text_config": {"hidden_size": 8}}
+    cfg = Sa2VAConfig.from_released(raw)
+    assert cfg.qwen_pixels == QwenPixelSpec() and "refsav" not in cfg.to_released()  # released: untouched
+    small = dataclasses.replace(cfg, qwen_pixels=QwenPixelSpec(min_pixels=100, max_pixels=200))
+    again = Sa2VAConfig.from_released(small.to_released())
+    assert again.qwen_pixels == QwenPixelSpec(min_pixels=100, max_pixels=200)
+    bad = {**raw, "refsav": {"qwen_pixels": {"min_pixels": 10, "max_pixels": 5}}}
+    with pytest.raises(SchemaError, match="qwen_pixels"):
+        Sa2VAConfig.from_released(bad, file="config.json")
+
+
+def test_processor_tokens_follow_pixel_bounds(qwen_dir):
+    _, patch, _ = BASES[qwen_dir.name]
+    model = load_sa2va(qwen_dir)
+    factor = patch * model.processor.image_processor.merge_size
+    saved = model.processor.image_processor.size
+    # The tiny checkpoint records its small bounds; inference uses the config's.
+    assert (model.config.qwen_pixels.min_pixels, model.config.qwen_pixels.max_pixels) == (
+        saved.shortest_edge, saved.longest_edge)
+    pad_id = model.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    rng = np.random.default_rng(1)
+    # Bounds other than the saved processor's show that the call's bounds win.
+    for spec in (model.config.qwen_pixels, QwenPixelSpec(min_pixels=4 * factor**2, max_pixels=9 * factor**2)):
+        model.config = dataclasses.replace(model.config, qwen_pixels=spec)
+        for h, w in [(90, 120), (37, 200), (300, 100), (64, 64)]:
+            frames = [to_pil(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(2)]
+            inputs = model.llm_inputs(PROMPT, frames, is_video=True)
+            rows, cols = qwen_token_grid(h, w, spec, factor)
+            merge = factor // patch
+            assert inputs["image_grid_thw"].tolist() == [[1, rows * merge, cols * merge]] * 2, (spec, h, w)
+            assert int((inputs["input_ids"] == pad_id).sum()) == 2 * rows * cols
+            assert spec.min_pixels <= rows * cols * factor**2 <= spec.max_pixels
