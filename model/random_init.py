@@ -128,6 +128,20 @@ def internvl_config(size: str, token_ids: dict[str, int] | None = None) -> dict[
     }
 
 
+def _qwen_envelope(vision: dict[str, Any], text: dict[str, Any], token_ids: dict[str, int]) -> dict[str, Any]:
+    """A released Sa2VA Qwen-family config.json around the VLM's vision and text configs."""
+    return {
+        "architectures": ["Sa2VAChatModelQwen"], "model_type": "sa2va_chat",
+        "auto_map": {"AutoConfig": "configuration_sa2va_chat.Sa2VAChatConfigQwen",
+                     "AutoModel": "modeling_sa2va_qwen.Sa2VAChatModelQwen",
+                     "AutoModelForCausalLM": "modeling_sa2va_qwen.Sa2VAChatModelQwen"},
+        "vision_config": vision, "text_config": text, "template": QWEN_CHAT_TEMPLATE,
+        "image_token_id": token_ids["<|image_pad|>"], "video_token_id": token_ids["<|video_pad|>"],
+        "vision_start_token_id": token_ids["<|vision_start|>"], "vision_end_token_id": token_ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
+    }
+
+
 def qwen25_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
     """A released-style Sa2VA-Qwen2.5-VL config.json for `size`."""
     if size == "tiny":
@@ -153,16 +167,7 @@ def qwen25_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
                 max_position_embeddings=128000, use_sliding_window=False, sliding_window=32768,
                 max_window_layers=text["num_hidden_layers"], attention_dropout=0.0, tie_word_embeddings=False,
                 bos_token_id=token_ids["<|endoftext|>"], eos_token_id=token_ids["<|im_end|>"])
-    return {
-        "architectures": ["Sa2VAChatModelQwen"], "model_type": "sa2va_chat",
-        "auto_map": {"AutoConfig": "configuration_sa2va_chat.Sa2VAChatConfigQwen",
-                     "AutoModel": "modeling_sa2va_qwen.Sa2VAChatModelQwen",
-                     "AutoModelForCausalLM": "modeling_sa2va_qwen.Sa2VAChatModelQwen"},
-        "vision_config": vision, "text_config": text, "template": QWEN_CHAT_TEMPLATE,
-        "image_token_id": token_ids["<|image_pad|>"], "video_token_id": token_ids["<|video_pad|>"],
-        "vision_start_token_id": token_ids["<|vision_start|>"], "vision_end_token_id": token_ids["<|vision_end|>"],
-        "tie_word_embeddings": False,
-    }
+    return _qwen_envelope(vision, text, token_ids)
 
 
 def qwen3_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
@@ -187,16 +192,7 @@ def qwen3_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
                 max_position_embeddings=262144, attention_bias=False, attention_dropout=0.0,
                 initializer_range=0.02, use_cache=True, tie_word_embeddings=False,
                 bos_token_id=token_ids["<|endoftext|>"], eos_token_id=token_ids["<|im_end|>"])
-    return {
-        "architectures": ["Sa2VAChatModelQwen"], "model_type": "sa2va_chat",
-        "auto_map": {"AutoConfig": "configuration_sa2va_chat.Sa2VAChatConfigQwen",
-                     "AutoModel": "modeling_sa2va_qwen.Sa2VAChatModelQwen",
-                     "AutoModelForCausalLM": "modeling_sa2va_qwen.Sa2VAChatModelQwen"},
-        "vision_config": vision, "text_config": text, "template": QWEN_CHAT_TEMPLATE,
-        "image_token_id": token_ids["<|image_pad|>"], "video_token_id": token_ids["<|video_pad|>"],
-        "vision_start_token_id": token_ids["<|vision_start|>"], "vision_end_token_id": token_ids["<|vision_end|>"],
-        "tie_word_embeddings": False,
-    }
+    return _qwen_envelope(vision, text, token_ids)
 
 
 # ------------------------------------------------------------------------------ tokenizer / processor
