@@ -286,7 +286,7 @@ def test_desa2va_at_alpha_one_is_sa2va(case, image, image_runs, video, video_run
 # ----------------------------------------------------------------------------- placement
 
 
-def test_weights_live_on_the_device_and_peak_memory(case, image, record_property):
+def test_weights_live_on_the_device_and_peak_memory(case, image):
     model = case.model.model
     assert all(t.device.type == case.device for t in model.parameters())
     assert all(t.device.type == case.device for t in model.buffers())
@@ -302,7 +302,6 @@ def test_weights_live_on_the_device_and_peak_memory(case, image, record_property
         torch.cuda.synchronize()
         peak, now = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
         weights = sum({t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}.values())
-        record_property("cuda_max_memory_allocated", peak)
         print(f"{torch.cuda.get_device_name()} {case.dtype}: max_memory_allocated {peak / 2**20:.1f} MiB "
               f"(since load, over this case's tests), allocated now {now / 2**20:.1f} MiB, "
               f"weights {weights / 2**20:.1f} MiB")
