@@ -86,7 +86,7 @@ def train_heads_command(model_path: Path, data: Path, out: Path, steps: int, lr:
     from schemas.io import atomic_write_json, sha256_file
 
     from .checkpoint import read_config
-    from .desa2va import DeSa2VA, check_fits, load_heads, save_heads
+    from .desa2va import DeSa2VA, load_heads, save_heads
     from .predict import _load_model
     from .train_heads import TrainConfig, load_samples, prepare, train_heads
 
@@ -100,13 +100,8 @@ def train_heads_command(model_path: Path, data: Path, out: Path, steps: int, lr:
         raise SchemaError("no training samples: no expression has an annotated frame with its object visible",
                           file=data)
     expressions = len({(s.video_id, s.object_id) for s in samples})
-    start = None
-    if init_heads is not None:
-        try:  # config.json only: a misfit fails before the model loads
-            start = load_heads(init_heads)
-            check_fits(start.config, read_config(model_path).llm_hidden_size)
-        except SchemaError as err:
-            raise err.at(file=init_heads) from None
+    # config.json only: misfitting heads fail before the model loads.
+    start = load_heads(init_heads, read_config(model_path).llm_hidden_size) if init_heads is not None else None
 
     sa2va = _load_model(str(model_path), "float32", device)
     if start is not None:

@@ -373,8 +373,9 @@ def save_heads(path: str | Path, heads: DecoupleHeads) -> Path:
     return path
 
 
-def load_heads(path: str | Path) -> DecoupleHeads:
-    """Strict: every tensor present with its shape, nothing extra."""
+def load_heads(path: str | Path, hidden_size: int | None = None) -> DecoupleHeads:
+    """Strict: every tensor present with its shape, nothing extra; with `hidden_size`
+    (the model's LLM H), heads made for another model are refused too."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -395,6 +396,11 @@ def load_heads(path: str | Path) -> DecoupleHeads:
         raise SchemaError(f"bad config ({err})", file=path, field="metadata.config") from None
     except SchemaError as err:
         raise err.at(file=path) from None
+    if hidden_size is not None:
+        try:
+            check_fits(heads.config, hidden_size)
+        except SchemaError as err:
+            raise err.at(file=path) from None
     try:
         heads.load_state_dict(tensors, strict=True)
     except RuntimeError as err:

@@ -26,11 +26,10 @@ predicting on cuda). Each worker process loads the model once.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import click
 
@@ -467,13 +466,10 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
         from schemas.io import sha256_file
 
         from .checkpoint import read_config
-        from .desa2va import check_fits, load_heads
+        from .desa2va import load_heads
 
         # A bad or misfitting file fails here, before run.json is written (config.json only, no weights).
-        try:
-            check_fits(load_heads(desa2va_heads).config, read_config(model_path).llm_hidden_size)
-        except SchemaError as err:
-            raise err.at(file=desa2va_heads) from None
+        load_heads(desa2va_heads, read_config(model_path).llm_hidden_size)
         heads, sha = str(desa2va_heads.resolve()), sha256_file(desa2va_heads)
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
                    max_new_tokens, force_answer, heads, sha)
