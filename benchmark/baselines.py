@@ -10,8 +10,8 @@ import os
 import cv2
 import numpy as np
 
-from schemas import rle as rle_ops
-from schemas.io import atomic_write_json
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.io import atomic_write_json
 
 from .inputs import RefVosGroundTruth
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from schemas.errors import SchemaError
-from schemas.io import atomic_write_json
-from schemas.scores import LeaderboardEntry
-from schemas.version import __version__
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import atomic_write_json
+from refsav.schemas.scores import LeaderboardEntry
+from refsav.schemas.version import __version__
 
 from .inputs import find_meta, submission_sha256
 from .protocols import VIDEO_PROTOCOLS, get_video_protocol
@@ -76,11 +76,11 @@ PROTOCOL_NAMES = ["refsav", "mevis", "revos", "refdavis", "davis17-semi", "davis
 def run_protocol(protocol: str, gt: Path, pred: Path, *, meta_name=None, workers=1, scheduler=None, split="val",
                  split_by=None, empty_union="one", image_set="val", sequences=None, progress=True) -> tuple[ScoreReport, str]:
     """Score with any named protocol; returns the report and the protocol's source."""
-    from pipelines.progress import progress_bar
+    from refsav.runtime.progress import progress_bar
 
     family = _family(protocol)
     if family == "video":
-        from schemas.refvos import read_meta_expressions
+        from refsav.schemas.refvos import read_meta_expressions
 
         proto = get_video_protocol(protocol)
         total = len(read_meta_expressions(_meta_path(gt, meta_name)))

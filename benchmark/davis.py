@@ -21,7 +21,7 @@ overrides ImageSets, like the official ``sequences=`` argument.
 
 Predictions: ``<results>/<seq>/<frame>.png``, palette or grayscale, value = object id
 (semi) or proposal id (unsup); or a ``.zip`` of that tree (read in place through
-``benchmark.inputs``' safe zip access; a zip whose entries all sit under one top folder
+``refsav.benchmark.inputs``' safe zip access; a zip whose entries all sit under one top folder
 is read from inside it).
 
 Protocols (``DAVIS_PROTOCOLS``):
@@ -45,7 +45,7 @@ Where this scorer deliberately differs from the official code (documented choice
 * prediction ids above the GT object count (semi) or above 20 (unsup) are an ``Issue``
   and are ignored, i.e. read as background (the official code exits);
 * decay bins use int64 indices: the official uint8 cast wraps for sequences of 256+
-  frames (``replicate_uint8_wrap=True`` reproduces it; see ``benchmark.metrics.decay``);
+  frames (``replicate_uint8_wrap=True`` reproduces it; see ``refsav.benchmark.metrics.decay``);
 * unsupervised per-object records are labelled with the GT object id they were matched
   to; the official ``M_per_object`` names the i-th matched pair ``<seq>_<i+1>`` in
   *proposal* order, which can permute names within a sequence (global numbers are the same);
@@ -63,7 +63,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
 from .metrics import db_statistics, f_per_frame, j_per_frame

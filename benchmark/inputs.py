@@ -25,12 +25,12 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from schemas import rle as rle_ops
-from schemas.errors import SchemaError
-from schemas.io import read_json, read_parquet
-from schemas.predictions import VideoPrediction
-from schemas.refvos import RefExpression, RefVideo, read_mask_dict, read_meta_expressions
-from schemas.rle import Rle
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import read_json, read_parquet
+from refsav.schemas.predictions import VideoPrediction
+from refsav.schemas.refvos import RefExpression, RefVideo, read_mask_dict, read_meta_expressions
+from refsav.schemas.rle import Rle
 
 from .metrics import RunMasks, counts_cover
 
@@ -193,7 +193,7 @@ def rles_from_json(items: list) -> list[Rle | SchemaError]:
 class MaskDict(Mapping[str, list[Rle | None]]):
     """mask_dict.json as a read-only mapping whose entries are validated when first read.
 
-    Same values and errors as ``schemas.refvos.read_mask_dict`` (an entry's error
+    Same values and errors as ``refsav.schemas.refvos.read_mask_dict`` (an entry's error
     names the file, the anno_id and the frame), but a worker of a parallel job checks
     only the objects it scores, and the RLEs of a list are checked in bulk.
     """
@@ -469,7 +469,7 @@ def _parquet_from_files(files: ReadOnlyFiles, rel: str, container: Path) -> list
         return read_parquet(local, VideoPrediction)
     import pyarrow.parquet as pq
 
-    from schemas.io import rows_to_records
+    from refsav.schemas.io import rows_to_records
 
     try:
         table = pq.read_table(io.BytesIO(files.read(rel)))

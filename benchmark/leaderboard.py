@@ -27,10 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
-from schemas.errors import SchemaError
-from schemas.io import atomic_path, atomic_write_json, atomic_write_text
-from schemas.scores import LeaderboardEntry
-from schemas.version import __version__
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import atomic_path, atomic_write_json, atomic_write_text
+from refsav.schemas.scores import LeaderboardEntry
+from refsav.schemas.version import __version__
 
 T = TypeVar("T")
 

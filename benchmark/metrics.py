@@ -606,7 +606,7 @@ _MAX_VALUE = 1 << 40  # |value| above this cannot be a run (or a delta) of a rea
 def parse_counts(counts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run lengths of many COCO compressed ``counts`` strings, decoded together.
 
-    Same arithmetic as pycocotools ``rleFrString`` and ``schemas.rle.run_lengths``
+    Same arithmetic as pycocotools ``rleFrString`` and ``refsav.schemas.rle.run_lengths``
     (little-endian base-32 values offset by 48; 0x20 continues, 0x10 on the last char
     sign-extends; from the fourth value on, each value is a delta to the run two places
     back), vectorised over all characters of all strings.
@@ -614,7 +614,7 @@ def parse_counts(counts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndar
     ``runs[offsets[i]:offsets[i + 1]]``.  ``ok[i]`` is False where this decoder cannot
     vouch for string i (a character outside '0'..'o', a truncated last value, an
     over-long or huge value, non-ASCII text): its runs are then meaningless and the
-    caller must use ``schemas.rle.run_lengths``.  Runs are not checked against a size.
+    caller must use ``refsav.schemas.rle.run_lengths``.  Runs are not checked against a size.
     """
     n = len(counts)
     ok = np.ones(n, dtype=bool)
@@ -679,7 +679,7 @@ def _coverage(runs: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def counts_cover(counts: Sequence[str], pixels: Sequence[int] | np.ndarray) -> np.ndarray:
     """Bool per string: it decodes (fast path of ``parse_counts``) to non-negative runs
-    covering exactly ``pixels[i]`` = H*W pixels, i.e. ``schemas.rle.Rle.check`` passes.
+    covering exactly ``pixels[i]`` = H*W pixels, i.e. ``refsav.schemas.rle.Rle.check`` passes.
 
     False means "not vouched for", not necessarily invalid: ask ``Rle.check`` then.
     """
@@ -729,10 +729,10 @@ class RunMasks:
         """Masks from COCO compressed counts strings of (height, width) frames; None is empty.
 
         Raises SchemaError for a string whose runs do not cover exactly H*W pixels or are
-        otherwise corrupt (the message of ``schemas.rle.Rle.check``).
+        otherwise corrupt (the message of ``refsav.schemas.rle.Rle.check``).
         """
-        from schemas.errors import SchemaError
-        from schemas.rle import run_lengths
+        from refsav.schemas.errors import SchemaError
+        from refsav.schemas.rle import run_lengths
 
         frame_of = np.array([t for t, c in enumerate(counts) if c is not None], dtype=np.int64)
         strings = [c for c in counts if c is not None]
@@ -762,7 +762,7 @@ class RunMasks:
 
     @classmethod
     def from_rles(cls, rles: Sequence, height: int, width: int) -> "RunMasks":
-        """Masks from ``schemas.rle.Rle`` objects (None: empty frame) of size (height, width)."""
+        """Masks from ``refsav.schemas.rle.Rle`` objects (None: empty frame) of size (height, width)."""
         return cls.from_counts([None if r is None else r.counts for r in rles], height, width)
 
     @classmethod

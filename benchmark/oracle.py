@@ -4,7 +4,7 @@ Written from the definitions in ``shared/reference/metrics.md`` (davis2017-evalu
 ``db_eval_iou`` / ``f_measure`` / ``db_statistics``, VISA ReVOS accuracy/robustness).
 Every function works on a single frame (H, W) except ``db_statistics`` (a per-frame
 vector).  It uses the same helper libraries as the official code (``skimage`` ``disk``
-and ``cv2.dilate`` on full frames), so it is the thing ``benchmark.metrics`` is tested
+and ``cv2.dilate`` on full frames), so it is the thing ``refsav.benchmark.metrics`` is tested
 against.  Do not optimise this file: its value is that it is easy to check line by line
 against the definitions.
 

@@ -70,7 +70,7 @@ VIDEO_PROTOCOLS: dict[str, VideoProtocol] = {
 
 
 def get_video_protocol(name: str) -> VideoProtocol:
-    from schemas.errors import SchemaError
+    from refsav.schemas.errors import SchemaError
 
     try:
         return VIDEO_PROTOCOLS[name]

@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Protocol, Sequence
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 YesNo = Literal["Yes", "No", "Unknown"]
 

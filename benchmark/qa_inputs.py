@@ -1,5 +1,5 @@
 """Ground truth, predictions and named protocols for the QA benchmarks: MME,
-MMBench (circular) and generic multiple choice, scored with `benchmark.qa`.
+MMBench (circular) and generic multiple choice, scored with `refsav.benchmark.qa`.
 
 Ground truth is the published VLMEvalKit TSV (or a JSONL / JSON list of
 objects with the same field names). Column names are matched the way
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, NamedTuple
 
-from schemas.errors import SchemaError
-from schemas.predictions import QAPrediction
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.predictions import QAPrediction
 
 from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
 from .qa import (
@@ -590,7 +590,7 @@ def _read_prediction_file(source: Source, fmt: str, label: str) -> list[tuple[st
 
 
 def _read_qa_parquet(source: Source, label: str) -> list[QAPrediction]:
-    from schemas.io import read_parquet, rows_to_records
+    from refsav.schemas.io import read_parquet, rows_to_records
 
     if not isinstance(source, bytes):
         return read_parquet(source, QAPrediction)

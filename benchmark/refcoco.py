@@ -41,10 +41,10 @@ from typing import Any, Callable, Iterable, Literal
 import numpy as np
 from pycocotools import mask as _coco
 
-from schemas import rle as rle_ops
-from schemas.errors import SchemaError
-from schemas.io import read_json
-from schemas.rle import Rle
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import read_json
+from refsav.schemas.rle import Rle
 
 from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
 from .metrics import (

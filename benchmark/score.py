@@ -7,7 +7,7 @@ expressions refer to it.
 
 Videos are scored where the caller asks: in this process (``workers=1``), in a pool of
 local worker processes (``workers > 1``), or on a Dask cluster (``scheduler``, through
-``pipelines.executor``, the engine the annotation pipeline runs on).  Either way the
+``refsav.runtime.executor``, the engine the annotation pipeline runs on).  Either way the
 unit of work is a chunk of videos, every video is scored by the same ``score_video``,
 and the report is assembled in ground-truth order, so it is identical however the work
 was spread.
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from pipelines.executor import Outcome
+from refsav.runtime.executor import Outcome
 
 from .inputs import Issue, PredictionSet, RefVosGroundTruth, find_meta, load_predictions
 from .metrics import RunMasks, frame_scores
@@ -192,7 +192,7 @@ def score_chunk(task: ChunkTask) -> list[VideoResult]:
 
 
 class _LocalProcesses:
-    """Worker processes on this machine, with the `pipelines.executor` interface.
+    """Worker processes on this machine, with the `refsav.runtime.executor` interface.
 
     Starts in milliseconds where a Dask LocalCluster takes seconds.
     """
@@ -289,7 +289,7 @@ def score_refvos(
 def _score_elsewhere(gt, pred, protocol, gt_root, meta_name, pred_path, workers, scheduler, on_video) -> dict[str, VideoResult]:
     # Workers open the inputs themselves (cheaply: RLEs are validated when scored), never
     # inheriting this process's: an open zip shared by forked processes corrupts reads.
-    from pipelines.executor import DaskExecutor
+    from refsav.runtime.executor import DaskExecutor
 
     results: dict[str, VideoResult] = {}
     executor = DaskExecutor(scheduler=scheduler) if scheduler else _LocalProcesses(workers)

@@ -30,8 +30,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from schemas.errors import SchemaError
-from schemas.io import atomic_path, atomic_write_json, read_json
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import atomic_path, atomic_write_json, read_json
 
 from .config import IMG_CONTEXT_TOKEN, Sa2VAConfig
 

@@ -2,7 +2,7 @@
 
 Registered in the root CLI as the `model` group; torch and transformers are
 imported only when a subcommand runs. Bad input raises `SchemaError`, which the
-root entry point (`pipelines.cli.main`) prints as one line with exit code 2.
+root entry point (`refsav.cli.main`) prints as one line with exit code 2.
 """
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ def train_heads_command(model_path: Path, data: Path, out: Path, steps: int, lr:
     import time
     from dataclasses import asdict
 
-    from schemas.errors import SchemaError
-    from schemas.io import atomic_write_json, sha256_file
+    from refsav.schemas.errors import SchemaError
+    from refsav.schemas.io import atomic_write_json, sha256_file
 
     from .checkpoint import read_config
     from .desa2va import DeSa2VA, load_heads, save_heads

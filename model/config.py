@@ -19,7 +19,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 Family = Literal["internvl", "qwen2.5-vl", "qwen3-vl"]
 FAMILIES: tuple[str, ...] = ("internvl", "qwen2.5-vl", "qwen3-vl")

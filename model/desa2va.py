@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 from .config import SAM_PROMPT_DIM, PredictOptions
 from .preprocess import Frame, sam2_pixels, to_pil
@@ -363,7 +363,7 @@ def save_heads(path: str | Path, heads: DecoupleHeads) -> Path:
     """Head weights as one safetensors file, config in its metadata; written atomically."""
     from safetensors.torch import save_file
 
-    from schemas.io import atomic_path
+    from refsav.schemas.io import atomic_path
 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}

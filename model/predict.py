@@ -33,8 +33,8 @@ from typing import Any
 
 import click
 
-from schemas.errors import SchemaError
-from schemas.io import atomic_write_json, read_json
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import atomic_write_json, read_json
 
 VIDEO_PROTOCOLS = ("refsav", "mevis", "revos", "refdavis")
 IMAGE_PROTOCOLS = ("refcoco", "refcoco+", "refcocog", "grefcoco")
@@ -107,7 +107,7 @@ def _load_model(path: str, dtype: str, device: str):
 
 def _with_heads(sa2va, heads: str, sha256: str | None):
     """Sa2VA + trained DeSa2VA heads; the file must still be the one run.json names."""
-    from schemas.io import sha256_file
+    from refsav.schemas.io import sha256_file
 
     from .desa2va import DeSa2VA, load_heads
 
@@ -141,7 +141,7 @@ def get_model(spec: RunSpec):
 
 @dataclass(frozen=True)
 class VideoTask:
-    video: Any  # schemas.refvos.RefVideo
+    video: Any  # refsav.schemas.refvos.RefVideo
     frame_dir: str
     part: str  # OUT/parts/<video>.json
     index0: int  # global index of the video's first expression (results.json "index")
@@ -190,7 +190,7 @@ def predict_video(task: VideoTask) -> str:
     """Predict every expression of one video and write its part; returns the video id."""
     import numpy as np
 
-    from schemas import rle as rle_ops
+    from refsav.schemas import rle as rle_ops
 
     video = task.video
     frames = load_frames(video, Path(task.frame_dir))
@@ -239,7 +239,7 @@ def _safe_name(video_id: str) -> str:
 
 @dataclass(frozen=True)
 class ImageTask:
-    samples: tuple  # benchmark.refcoco.ImageSample
+    samples: tuple  # refsav.benchmark.refcoco.ImageSample
     images: dict  # image_id -> file path
     part: str
     spec: RunSpec
@@ -258,9 +258,9 @@ def predict_images(task: ImageTask) -> int:
     import numpy as np
     from PIL import Image
 
-    from schemas import rle as rle_ops
-    from schemas.io import write_parquet
-    from schemas.predictions import ImagePrediction
+    from refsav.schemas import rle as rle_ops
+    from refsav.schemas.io import write_parquet
+    from refsav.schemas.predictions import ImagePrediction
 
     sa2va = get_model(task.spec)
     opts = task.spec.options()
@@ -292,7 +292,7 @@ def predict_images(task: ImageTask) -> int:
 
 
 def _executor(workers: int, scheduler: str | None, device: str):
-    from pipelines.executor import DaskExecutor, InlineExecutor
+    from refsav.runtime.executor import DaskExecutor, InlineExecutor
 
     if not scheduler and workers <= 1:
         return InlineExecutor()
@@ -340,9 +340,9 @@ def _check_run_file(out: Path, spec: RunSpec, extra: dict) -> None:
 def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str | None = None,
                            frames: Path | None = None, limit: int | None = None, workers: int = 1,
                            scheduler: str | None = None, progress: bool = True) -> PredictResult:
-    from benchmark.inputs import find_meta
-    from pipelines.progress import progress_bar
-    from schemas.refvos import read_meta_expressions
+    from refsav.benchmark.inputs import find_meta
+    from refsav.runtime.progress import progress_bar
+    from refsav.schemas.refvos import read_meta_expressions
 
     gt = Path(gt)
     if not gt.is_dir():
@@ -376,10 +376,10 @@ def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str
 def predict_image_protocol(spec: RunSpec, gt: Path, out: Path, *, images: Path | None, split: str = "val",
                            split_by: str | None = None, limit: int | None = None, chunk_size: int = 64,
                            workers: int = 1, scheduler: str | None = None, progress: bool = True) -> PredictResult:
-    from benchmark.refcoco import load_ground_truth
-    from pipelines.progress import progress_bar
-    from schemas.io import read_parquet, write_parquet
-    from schemas.predictions import ImagePrediction
+    from refsav.benchmark.refcoco import load_ground_truth
+    from refsav.runtime.progress import progress_bar
+    from refsav.schemas.io import read_parquet, write_parquet
+    from refsav.schemas.predictions import ImagePrediction
 
     if images is None:
         raise SchemaError("image protocols need --images (the COCO train2014 folder)", field="images")
@@ -463,7 +463,7 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
         raise SchemaError("not a checkpoint folder", file=model_path)
     heads = sha = None
     if desa2va_heads is not None:
-        from schemas.io import sha256_file
+        from refsav.schemas.io import sha256_file
 
         from .checkpoint import read_config
         from .desa2va import load_heads
@@ -509,7 +509,7 @@ def predict_command(**kw) -> None:
 @click.pass_context
 def evaluate_command(ctx: click.Context, scores_dir, db, name, **kw) -> None:
     """Predict, score with the protocol, and optionally add a leaderboard entry."""
-    from benchmark.cli import score_command
+    from refsav.benchmark.cli import score_command
 
     res = _predict_from_options(**kw)
     heads = kw.get("desa2va_heads")

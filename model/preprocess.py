@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, InternVLImageSpec, KeyFrameMode, QwenPixelSpec
 

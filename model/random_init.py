@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from schemas.errors import SchemaError
-from schemas.io import atomic_write_json
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import atomic_write_json
 
 from .config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS, QwenPixelSpec, Sa2VAConfig, Sam2Spec
 

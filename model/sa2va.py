@@ -12,7 +12,7 @@
 
 `Sa2VAModel` is the nn.Module (parameter names: `vlm.*` = the transformers VLM,
 `text_hidden_fcs.*`, `grounding_encoder.sam2_model.*`). `Sa2VA` pairs it with its
-tokenizer / processor and runs `predict`. Checkpoints: see `model.checkpoint`.
+tokenizer / processor and runs `predict`. Checkpoints: see `refsav.model.checkpoint`.
 
 Extension points (a DeSa2VA-style head plugs in here):
 * `Sa2VA.ground()` returns the [SEG] hidden states before any projection;
@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 from .config import (
     IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, SAM_PROMPT_DIM, SEG_TOKEN, PredictOptions, Sa2VAConfig,

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from schemas.errors import SchemaError
-from schemas.expression import Expression
-from schemas.io import read_json, read_parquet
-from schemas.media import read_frames
-from schemas.rle import decode
-from schemas.sav import read_sav_json
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.expression import Expression
+from refsav.schemas.io import read_json, read_parquet
+from refsav.schemas.media import read_frames
+from refsav.schemas.rle import decode
+from refsav.schemas.sav import read_sav_json
 
 from .desa2va import DeSa2VA, DecoupleHeads, triple_loss
 from .preprocess import sam2_pixels, to_pil

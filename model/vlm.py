@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 from .config import Sa2VAConfig
 

@@ -2,7 +2,7 @@
 
 Workload: a synthetic SA-V sample (pipelines/sample.py) of 1920x1080 H.264 videos with
 several objects each, written to a temporary folder. For every video the visual side of
-annotating runs as `pipelines.visual.build_video_views` does it (the script checks the
+annotating runs as `refsav.pipelines.visual.build_video_views` does it (the script checks the
 bytes are the same), phase by phase:
 
   decode     plan the frames from the RLEs, decode them once for the whole video
@@ -49,11 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perf.readme import update_section  # noqa: E402
-from pipelines import visual  # noqa: E402
-from pipelines.annotate.config import AnnotateConfig  # noqa: E402
-from pipelines.sample import CHUNK, SampleConfig, write_sample  # noqa: E402
-from schemas.io import atomic_write_json  # noqa: E402
-from schemas.sav import read_sav_json  # noqa: E402
+from refsav.pipelines import visual  # noqa: E402
+from refsav.pipelines.annotate.config import AnnotateConfig  # noqa: E402
+from refsav.pipelines.sample import CHUNK, SampleConfig, write_sample  # noqa: E402
+from refsav.schemas.io import atomic_write_json  # noqa: E402
+from refsav.schemas.sav import read_sav_json  # noqa: E402
 
 PHASES = ("decode", "select", "crop", "highlight", "encode")
 TARGET_MS = 50.0
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=8, help="stage-3 frames per object")
     ap.add_argument("--mode", default="contour", choices=visual.MODES)
     ap.add_argument("--video-max-side", type=int, default=visual.HighlightStyle.video_max_side)
-    ap.add_argument("--compare-decord", action="store_true", help="also time schemas.media.read_frames (decord)")
+    ap.add_argument("--compare-decord", action="store_true", help="also time refsav.schemas.media.read_frames (decord)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 video, 640x360, 1 repeat")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false",
                     help="skip the sweep over clip length and objects per video")
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             emit(line)
     if decord_ms is not None:
         emit(
-            f"\nRGB decode of the same frames, first video, CPU ms: schemas.media.read_frames (decord) {decord_ms:.0f}, "
+            f"\nRGB decode of the same frames, first video, CPU ms: refsav.schemas.media.read_frames (decord) {decord_ms:.0f}, "
             f"decode_frames (PyAV, non-reference frames skipped) {pyav_ms:.0f}"
         )
     verdict = "met" if total <= TARGET_MS else "MISSED"

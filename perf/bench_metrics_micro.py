@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 cv2.setNumThreads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import metrics, oracle  # noqa: E402
+from refsav.benchmark import metrics, oracle  # noqa: E402
 
 SIZES = [(720, 1280), (1080, 1920)]
 # (name, share of the mix, area fraction range of the GT object)

@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.synchronize()
 
-    from model.checkpoint import load_sa2va
-    from model.config import PredictOptions
-    from model.random_init import write_random_checkpoint
+    from refsav.model.checkpoint import load_sa2va
+    from refsav.model.config import PredictOptions
+    from refsav.model.random_init import write_random_checkpoint
 
     height, width = (int(v) for v in args.resolution.lower().split("x"))
     gpu = torch.cuda.get_device_name(device) if cuda else "CPU (smoke run)"
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        from schemas.io import atomic_write_text
+        from refsav.schemas.io import atomic_write_text
 
         atomic_write_text(args.out, table)
     if cuda:

@@ -8,14 +8,14 @@ mask_dict) and a Sa2VA results.json.  Predictions are the GT shifted and grown o
 by a few pixels per frame, and for ~10% of expressions another object of the video.
 
 For each frame size, on one core (one thread), it scores the same files two ways:
-  (a) ``benchmark.oracle.score_refvos``: decode every frame with pycocotools, then the
+  (a) ``refsav.benchmark.oracle.score_refvos``: decode every frame with pycocotools, then the
       plain per-frame definitions (J, F, A), as the official scripts do;
-  (b) ``benchmark.score.score_refvos`` (protocol refsav: J, F, A, workers=1);
+  (b) ``refsav.benchmark.score.score_refvos`` (protocol refsav: J, F, A, workers=1);
 (a) is too slow for the whole workload, so both run on the same subset of expressions
 spread over it, alternately, several times; medians are reported.  Per-expression J, F
 and A must agree to 1e-9.  Then (b) scores the whole workload with 1 and 2 worker
 processes (and on a 2-worker Dask LocalCluster), and every expression is checked
-against the dense-mask functions of ``benchmark.metrics``.
+against the dense-mask functions of ``refsav.benchmark.metrics``.
 
     make perf      # or: .venv/bin/python perf/bench_scoring.py [--quick]
 
@@ -52,14 +52,14 @@ cv2.setNumThreads(1)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmark import metrics, oracle  # noqa: E402
-from benchmark.protocols import VIDEO_PROTOCOLS  # noqa: E402
-from benchmark.score import score_refvos  # noqa: E402
-from pipelines.synthetic import make_video  # noqa: E402
-from schemas import rle as rle_ops  # noqa: E402
-from schemas.io import atomic_path, atomic_write_json  # noqa: E402
-from schemas.refvos import RefExpression, RefVideo, write_mask_dict, write_meta_expressions  # noqa: E402
-from schemas.video import SAV_STRIDE  # noqa: E402
+from refsav.benchmark import metrics, oracle  # noqa: E402
+from refsav.benchmark.protocols import VIDEO_PROTOCOLS  # noqa: E402
+from refsav.benchmark.score import score_refvos  # noqa: E402
+from refsav.pipelines.synthetic import make_video  # noqa: E402
+from refsav.schemas import rle as rle_ops  # noqa: E402
+from refsav.schemas.io import atomic_path, atomic_write_json  # noqa: E402
+from refsav.schemas.refvos import RefExpression, RefVideo, write_mask_dict, write_meta_expressions  # noqa: E402
+from refsav.schemas.video import SAV_STRIDE  # noqa: E402
 
 README = ROOT / "perf" / "README.md"
 START, END = "<!-- bench_scoring:start -->", "<!-- bench_scoring:end -->"
@@ -281,7 +281,7 @@ def oracle_vs_production(res: SizeResult, sub: Path, repeats: int) -> None:
 
 def engine_runs(res: SizeResult, gt_dir: Path, expected: dict, repeats: int, dask: bool) -> None:
     """Time the whole engine with 1 and 2 local workers (and Dask); check every expression."""
-    from benchmark.inputs import RefVosGroundTruth, load_predictions
+    from refsav.benchmark.inputs import RefVosGroundTruth, load_predictions
 
     def check(report) -> None:
         if report.issues or len(report.items) != len(expected):
@@ -516,9 +516,9 @@ def main() -> int:
             f"~{WRONG_OBJECT_RATE:.0%} of expressions.",
             *workload_lines(results),
             "",
-            "**Scoring, one core, one thread**: (a) `benchmark.oracle.score_refvos`, the plain per-frame "
+            "**Scoring, one core, one thread**: (a) `refsav.benchmark.oracle.score_refvos`, the plain per-frame "
             "definitions behind pycocotools decoding, as the official scripts work, against (b) "
-            "`benchmark.score.score_refvos` (protocol `refsav`, `workers=1`), both from the same files, "
+            "`refsav.benchmark.score.score_refvos` (protocol `refsav`, `workers=1`), both from the same files, "
             "loading included. (a) is too slow for the whole workload, so both score the same "
             f"{wl.oracle_expressions} expressions spread evenly over it. Per-frame times are per (prediction, GT) "
             "frame pair; (a)'s parts come from its first run.",
@@ -527,7 +527,7 @@ def main() -> int:
             "",
             f"Per-expression J, F and A of (a) and (b): max |Δ| = {max_delta:.1e} over {n_checked} expressions "
             f"(tolerance {PARITY_TOL:g}). Over the whole workload, (b)'s unrounded J, F, A agree with those of the "
-            f"dense-mask functions of `benchmark.metrics` to {PARITY_TOL:g}, and its rounded ones are identical, "
+            f"dense-mask functions of `refsav.benchmark.metrics` to {PARITY_TOL:g}, and its rounded ones are identical, "
             "at every worker count.",
             "",
             "(b) never decodes a mask to pixels: J, A (and ReVOS R) come from run-length arithmetic, F "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas.io import atomic_write_text
+from refsav.schemas.io import atomic_write_text
 
 README = Path(__file__).resolve().parent / "README.md"
 INTRO = """# Performance

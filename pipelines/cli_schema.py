@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from schemas.io import atomic_write_json
-from schemas.submission import submission_schemas
+from refsav.schemas.io import atomic_write_json
+from refsav.schemas.submission import submission_schemas
 
 
 @click.command("schema")

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from schemas.expression import Expression, PromptRef
+from refsav.schemas.expression import Expression, PromptRef
 
 TOP_CATEGORIES = 25
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),

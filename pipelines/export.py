@@ -45,16 +45,16 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import click
 import numpy as np
 
-from schemas import rle as rle_ops
-from schemas.errors import SchemaError
-from schemas.expression import Expression
-from schemas.io import atomic_write_json
-from schemas.refsav_json import RefSavObject, RefSavVideo, write_refsav_json
-from schemas.refvos import RefExpression, RefVideo, write_mask_dict, write_meta_expressions
-from schemas.rle import Rle
-from schemas.video import Masklet
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.expression import Expression
+from refsav.schemas.io import atomic_write_json
+from refsav.schemas.refsav_json import RefSavObject, RefSavVideo, write_refsav_json
+from refsav.schemas.refvos import RefExpression, RefVideo, write_mask_dict, write_meta_expressions
+from refsav.schemas.rle import Rle
+from refsav.schemas.video import Masklet
 
-from .progress import progress_bar
+from refsav.runtime.progress import progress_bar
 from .visual import write_jpeg
 from .publish import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, AnnotatedRun, SplitRule, load_annotated, rows_of_split
 
@@ -304,7 +304,7 @@ class WrittenVideo:
 
 
 def _read_masklets(job: VideoJob):
-    from schemas.sav import read_sav_json
+    from refsav.schemas.sav import read_sav_json
 
     if not Path(job.video_path).is_file():
         raise SchemaError(f"video of {job.video_id} is gone", file=job.video_path)
@@ -330,7 +330,7 @@ def measure_video(job: VideoJob) -> MeasuredVideo:
 
 def write_video(job: VideoJob, out_dir: str, jpeg_quality: int, chunk: int = 8) -> WrittenVideo:
     """Decode the annotated frames and write them as JPEG; return the masks to list."""
-    from schemas.media import read_frames
+    from refsav.schemas.media import read_frames
 
     ann, masklets = _read_masklets(job)
     frame_indices = ann.masklets[0].frame_indices if ann.masklets else []

@@ -36,10 +36,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 
-from schemas.base import check_unique
-from schemas.errors import SchemaError
-from schemas.expression import Expression
-from schemas.io import atomic_write_text, read_json, read_parquet, sha256_file, write_parquet
+from refsav.schemas.base import check_unique
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.expression import Expression
+from refsav.schemas.io import atomic_write_text, read_json, read_parquet, sha256_file, write_parquet
 
 SPLITS = ("train", "validation")
 DEFAULT_VAL_FRACTION = 0.1
@@ -283,7 +283,7 @@ def validate_folder(built: BuiltDataset, *, expected: Sequence[Expression] | Non
     """
     import datasets
 
-    from schemas.io import rows_to_records
+    from refsav.schemas.io import rows_to_records
 
     want_features = datasets.Features.from_arrow_schema(Expression.ARROW_SCHEMA)
     want = {s.name: s.num_examples for s in built.splits}
@@ -426,7 +426,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def _toolkit_version() -> str:
-    from schemas.version import __version__
+    from refsav.schemas.version import __version__
 
     return __version__
 

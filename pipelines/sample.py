@@ -19,17 +19,17 @@ from pathlib import Path
 
 import click
 
-from schemas import Masklet, Video
-from schemas import rle as rle_ops
-from schemas.io import atomic_write_json
-from schemas.refsav_json import RefSavObject, RefSavVideo, write_refsav_json
-from schemas.refvos import RefExpression, RefVideo, write_mask_dict, write_meta_expressions
-from schemas.rle import Rle
-from schemas.sav import SavAnnotation, write_sav_json
-from schemas.video import SAV_STRIDE
-from schemas.version import __version__
+from refsav.schemas import Masklet, Video
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.io import atomic_write_json
+from refsav.schemas.refsav_json import RefSavObject, RefSavVideo, write_refsav_json
+from refsav.schemas.refvos import RefExpression, RefVideo, write_mask_dict, write_meta_expressions
+from refsav.schemas.rle import Rle
+from refsav.schemas.sav import SavAnnotation, write_sav_json
+from refsav.schemas.video import SAV_STRIDE
+from refsav.schemas.version import __version__
 
-from .progress import progress_bar
+from refsav.runtime.progress import progress_bar
 from .synthetic import make_video, write_mp4
 from .visual import write_jpeg
 

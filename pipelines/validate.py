@@ -7,15 +7,15 @@ from pathlib import Path
 
 import click
 
-from schemas.errors import SchemaError
-from schemas.expression import Expression
-from schemas.io import read_json, read_parquet
-from schemas.media import check_frame_count, probe_video
-from schemas.predictions import ImagePrediction, QAPrediction, VideoPrediction
-from schemas.refsav_json import refsav_from_json
-from schemas.refvos import meta_from_json, read_mask_dict
-from schemas.sav import read_sav_json
-from schemas.video import Masklet, Video
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.expression import Expression
+from refsav.schemas.io import read_json, read_parquet
+from refsav.schemas.media import check_frame_count, probe_video
+from refsav.schemas.predictions import ImagePrediction, QAPrediction, VideoPrediction
+from refsav.schemas.refsav_json import refsav_from_json
+from refsav.schemas.refvos import meta_from_json, read_mask_dict
+from refsav.schemas.sav import read_sav_json
+from refsav.schemas.video import Masklet, Video
 
 PARQUET_KINDS = {
     "expression": Expression,

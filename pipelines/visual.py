@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as _coco
 
-from schemas.errors import SchemaError
-from schemas.rle import Rle
-from schemas.sav import SavAnnotation
-from schemas.video import Masklet
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.rle import Rle
+from refsav.schemas.sav import SavAnnotation
+from refsav.schemas.video import Masklet
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
@@ -374,7 +374,7 @@ def decode_frames(
     backend "pyav" (default) demuxes once, stops after the last wanted frame, and lets
     the decoder drop non-reference frames nobody asked for; plain BT.601 yuv420p is
     converted by OpenCV (faster than swscale, same matrix). backend "media" uses
-    schemas.media.read_frames (decord when installed): about 2x slower on our 1080p
+    refsav.schemas.media.read_frames (decord when installed): about 2x slower on our 1080p
     samples for the same frames (see perf/bench_annotate_overhead.py --compare-decord).
     """
     path = str(video_path)
@@ -386,7 +386,7 @@ def decode_frames(
     if wanted[0] < 0:
         raise SchemaError(f"frame {wanted[0]} is out of range", file=path)
     if backend == "media":
-        from schemas.media import read_frames
+        from refsav.schemas.media import read_frames
 
         return {i: np.ascontiguousarray(f) for i, f in zip(wanted, read_frames(path, wanted))}
     if backend != "pyav":
@@ -428,7 +428,7 @@ def _decode_pyav(path: str, wanted: list[int], yuv: bool) -> dict[int, Frame]:
 
 
 def _decode_packets(ctx, packets: list, wanted: list[int], convert) -> dict[int, Frame]:
-    # A frame's index is its rank in presentation order, as decord and schemas.media
+    # A frame's index is its rank in presentation order, as decord and refsav.schemas.media
     # count frames.
     pts = [p.pts for p in packets]
     index_of = {p: i for i, p in enumerate(sorted(pts))}
@@ -521,7 +521,7 @@ def rle_box(rle: Rle, box: Box) -> np.ndarray:
 
 
 def _runs(counts: str) -> np.ndarray:
-    """Vectorised COCO counts parser (see schemas.rle.run_lengths for the format)."""
+    """Vectorised COCO counts parser (see refsav.schemas.rle.run_lengths for the format)."""
     c = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
     ends = np.flatnonzero((c & 0x20) == 0)  # the last char of every value
     starts = np.concatenate(([0], ends[:-1] + 1))
@@ -781,7 +781,7 @@ def encode_jpeg(bgr: np.ndarray, quality: int = 90) -> bytes:
 
 def write_jpeg(path: str | os.PathLike, rgb: np.ndarray, quality: int = 90) -> None:
     """An RGB frame as a JPEG file, written atomically (a reader never sees half a file)."""
-    from schemas.io import atomic_path
+    from refsav.schemas.io import atomic_path
 
     try:
         data = encode_jpeg(np.ascontiguousarray(rgb[:, :, ::-1]), quality)

@@ -5,7 +5,7 @@ readers for outside formats (SA-V JSON, Ref-SAV JSON, meta_expressions +
 mask_dict) turn files into these records and report bad input as a one-line
 `SchemaError` naming the file, the record and the field.
 """
-from .errors import SchemaError
+from .errors import RefsavError, SchemaError
 from .expression import Consistency, Expression, FileHash, PromptRef, Provenance
 from .predictions import ImagePrediction, QAPrediction, VideoPrediction
 from .rle import Rle
@@ -24,6 +24,7 @@ __all__ = [
     "Provenance",
     "QAPrediction",
     "Rle",
+    "RefsavError",
     "SchemaError",
     "ScoreRecord",
     "Video",

@@ -1,8 +1,11 @@
-"""One error type for every bad input, formatted as a single line that says where.
+"""refsav's errors: one line that says what is wrong and where.
 
-Readers raise `SchemaError` with as much location as they know; callers that know
-more (the file name, the row) add it with `.at(...)` and re-raise, so the message a
-user finally sees is `file: record: field: what is wrong`.
+`RefsavError` is any problem the user can act on (a locked output folder, too few GPUs, a
+tokenizer that lacks a token); the `refsav` command prints its message as one line and
+exits 2. `SchemaError`, a kind of it, is bad input data only. Readers raise it with as much
+location as they know; callers that know more (the file name, the row) add it with
+`.at(...)` and re-raise, so the message a user finally sees is
+`file: record: field: what is wrong`.
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ class Location:
         return ": ".join(parts)
 
 
-class SchemaError(ValueError):
-    """Bad input data. `str(err)` is one line naming file, record and field."""
+class RefsavError(Exception):
+    """A problem the user can act on. `str(err)` is one line, naming file, record and field
+    where they are known."""
 
     def __init__(self, message: str, *, file=None, record=None, field=None):
         self.message = " ".join(str(message).split())  # always a single line
@@ -50,17 +54,21 @@ class SchemaError(ValueError):
         where = str(self.location)
         return f"{where}: {self.message}" if where else self.message
 
-    def at(self, *, file=None, record=None, field=None) -> "SchemaError":
+    def at(self, *, file=None, record=None, field=None) -> "RefsavError":
         """Return a copy with missing location parts filled in."""
         outer = Location(
             file=str(file) if file is not None else None,
             record=str(record) if record is not None else None,
             field=field,
         )
-        err = SchemaError(self.message)
+        err = type(self)(self.message)
         err.location = self.location.merged(outer)
         err.args = (str(err),)
         return err
+
+
+class SchemaError(RefsavError, ValueError):
+    """Bad input data: a file, record or field that does not follow its format."""
 
     def within(self, prefix: str, *, file=None, record=None) -> "SchemaError":
         """Re-locate an error raised inside a nested value: field `size` under
@@ -73,4 +81,4 @@ class SchemaError(ValueError):
         return err
 
 
-__all__ = ["Location", "SchemaError"]
+__all__ = ["Location", "RefsavError", "SchemaError"]

@@ -1,7 +1,7 @@
 """A synthetic `refsav annotate` output, for tests of the commands that consume one.
 
 `build_annotated(root)` renders a small synthetic SA-V sample with
-`pipelines.sample.write_sample` and writes, beside it, the folder that `refsav annotate
+`refsav.pipelines.sample.write_sample` and writes, beside it, the folder that `refsav annotate
 --out OUT` produces:
 
     OUT/data/train-0000i-of-0000n.parquet   Expression rows (one per kept masklet)
@@ -19,11 +19,11 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipelines.sample import CHUNK, SampleConfig, write_sample
-from schemas.base import canonical_json
-from schemas.expression import Consistency, Expression, FileHash, PromptRef, Provenance
-from schemas.io import atomic_write_json, read_json, sha256_file, write_parquet
-from schemas.version import __version__
+from refsav.pipelines.sample import CHUNK, SampleConfig, write_sample
+from refsav.schemas.base import canonical_json
+from refsav.schemas.expression import Consistency, Expression, FileHash, PromptRef, Provenance
+from refsav.schemas.io import atomic_write_json, read_json, sha256_file, write_parquet
+from refsav.schemas.version import __version__
 
 MODEL_ID = "synthetic/fact-writer"
 CHECKER_ID = "synthetic/fact-checker"

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from vlm_server import start_transformers_serve, tiny_vlm_dir, vlm_server  # noqa: F401 - fixtures
 
-from pipelines.annotate.prompts import load_prompts
-from pipelines.sample import SampleConfig, write_sample
-from schemas.expression import Expression
-from schemas.io import read_parquet, sha256_file
-from schemas.sav import read_sav_json
+from refsav.pipelines.annotate.prompts import load_prompts
+from refsav.pipelines.sample import SampleConfig, write_sample
+from refsav.schemas.expression import Expression
+from refsav.schemas.io import read_parquet, sha256_file
+from refsav.schemas.sav import read_sav_json
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,7 +40,7 @@ def masklet_count(sav_root: Path) -> int:
 
 
 def annotate_cmd(sav_root: Path, out: Path, server, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "annotate", "--input", str(sav_root), "--out", str(out),
+    return [sys.executable, "-m", "refsav", "annotate", "--input", str(sav_root), "--out", str(out),
             "--vlm", "openai", "--base-url", server.base_url, "--model", server.model,
             "--max-tokens", "12", "--max-in-flight", "4", *extra]
 
@@ -252,11 +252,11 @@ def test_real_run_publishes_and_exports_a_benchmark_that_scores_100(baseline, tm
     """The annotate output as it really is (not a fixture) through publish --dry-run and the exports."""
     import datasets
 
-    from benchmark.baselines import write_baseline
-    from benchmark.inputs import RefVosGroundTruth
-    from benchmark.protocols import VIDEO_PROTOCOLS
-    from benchmark.score import score_refvos
-    from pipelines.cli import main as cli_main
+    from refsav.benchmark.baselines import write_baseline
+    from refsav.benchmark.inputs import RefVosGroundTruth
+    from refsav.benchmark.protocols import VIDEO_PROTOCOLS
+    from refsav.benchmark.score import score_refvos
+    from refsav.cli import main as cli_main
 
     assert cli_main(["publish", "--data", str(baseline), "--repo-id", "org/refsav-test", "--folder",
                      str(tmp_path / "hub"), "--dry-run"]) == 0

@@ -1,15 +1,15 @@
 """Answer parsing, merging, the ambiguity flag and prompt templates (pure logic)."""
 import pytest
 
-from pipelines.annotate.prompts import load_prompts
-from pipelines.annotate.text import (
+from refsav.pipelines.annotate.prompts import load_prompts
+from refsav.pipelines.annotate.text import (
     Candidate,
     ambiguity,
     parse_merge,
     parse_object_answer,
     parse_verdict,
 )
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 
 def test_object_answer_in_and_out_of_format():

@@ -2,7 +2,7 @@
 
 Tiny DAVIS trees (64x48, 6-10 frames, 2-3 objects, void pixels on object boundaries)
 are written as palette PNGs; expected numbers come from a plain per-frame reference
-built here on benchmark.oracle (the literal transcription of the official J and F) and
+built here on refsav.benchmark.oracle (the literal transcription of the official J and F) and
 scipy's Hungarian solver, following davis2017-evaluation's structure.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from benchmark import oracle
-from benchmark.davis import (
+from refsav.benchmark import oracle
+from refsav.benchmark.davis import (
     DAVIS_PROTOCOLS,
     METRIC_KEYS,
     DavisGroundTruth,
@@ -28,7 +28,7 @@ from benchmark.davis import (
     score_davis,
     semi_per_frame,
 )
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 H, W = 48, 64
 SEQUENCES = {"alpha": (8, 3), "beta": (6, 2), "gamma-x": (10, 3)}  # name: (frames, objects)

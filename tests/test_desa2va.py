@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from annotated_fixture import build_annotated
-from model.config import PredictOptions
-from model.desa2va import (
+from refsav.model.config import PredictOptions
+from refsav.model.desa2va import (
     DeSa2VA, DeSa2VAConfig, DecoupleHeads, bce_loss, dice_loss, fuse_logits, load_heads, mask_loss, save_heads,
     triple_loss,
 )
-from model.preprocess import sam2_pixels, to_pil
-from model.sam2_wrapper import upsample_logits
-from model.train_heads import TrainConfig, load_samples, prepare, train_heads
-from schemas.errors import SchemaError
+from refsav.model.preprocess import sam2_pixels, to_pil
+from refsav.model.sam2_wrapper import upsample_logits
+from refsav.model.train_heads import TrainConfig, load_samples, prepare, train_heads
+from refsav.schemas.errors import SchemaError
 from test_model import PROMPT, one_thread, tiny, tiny_dir  # noqa: F401  (fixtures)
 
 
@@ -197,7 +197,7 @@ def test_heads_for_another_width_are_refused(tiny):
 
 def test_alpha_one_is_sa2va_in_bfloat16_too(tiny_dir, image):
     """`refsav predict` defaults to bf16: heads run in the model's dtype, like text_hidden_fcs."""
-    from model.checkpoint import load_sa2va
+    from refsav.model.checkpoint import load_sa2va
 
     half = load_sa2va(tiny_dir, dtype=torch.bfloat16)
     heads = DeSa2VA.from_sa2va(half, seed=4).heads  # trained (float32) heads ...

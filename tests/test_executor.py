@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pipelines.executor import DaskExecutor, InlineExecutor, make_executor
+from refsav.runtime.executor import DaskExecutor, InlineExecutor, make_executor
 
 
 def _square_or_fail(x: int) -> tuple[int, int]:

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from annotated_fixture import build_annotated
-from benchmark.baselines import write_baseline
-from benchmark.inputs import RefVosGroundTruth
-from benchmark.protocols import VIDEO_PROTOCOLS
-from benchmark.score import score_refvos
-from pipelines.cli import main
-from pipelines.export import (
+from refsav.benchmark.baselines import write_baseline
+from refsav.benchmark.inputs import RefVosGroundTruth
+from refsav.benchmark.protocols import VIDEO_PROTOCOLS
+from refsav.benchmark.score import score_refvos
+from refsav.cli import main
+from refsav.pipelines.export import (
     POOL_FACTOR,
     Candidate,
     export_benchmark,
@@ -26,13 +26,13 @@ from pipelines.export import (
     rle_centroid,
     select_balanced,
 )
-from pipelines.publish import SplitRule, assign_splits, load_annotated
-from pipelines.sample import CHUNK, EVAL
-from schemas import SchemaError
-from schemas import rle as rle_ops
-from schemas.refsav_json import read_refsav_json
-from schemas.refvos import read_mask_dict, read_meta_expressions
-from schemas.sav import read_sav_json
+from refsav.pipelines.publish import SplitRule, assign_splits, load_annotated
+from refsav.pipelines.sample import CHUNK, EVAL
+from refsav.schemas import SchemaError
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.refsav_json import read_refsav_json
+from refsav.schemas.refvos import read_mask_dict, read_meta_expressions
+from refsav.schemas.sav import read_sav_json
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco
 
-from schemas import Masklet, SchemaError, Video
-from schemas import rle as rle_ops
-from schemas.refsav_json import RefSavObject, RefSavVideo, read_refsav_json, write_refsav_json
-from schemas.refvos import RefExpression, RefVideo, read_mask_dict, read_meta_expressions, write_mask_dict, write_meta_expressions
-from schemas.sav import SavAnnotation, read_sav_json, write_sav_json
+from refsav.schemas import Masklet, SchemaError, Video
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.refsav_json import RefSavObject, RefSavVideo, read_refsav_json, write_refsav_json
+from refsav.schemas.refvos import RefExpression, RefVideo, read_mask_dict, read_meta_expressions, write_mask_dict, write_meta_expressions
+from refsav.schemas.sav import SavAnnotation, read_sav_json, write_sav_json
 
 
 def sav_fixture(rng, num_frames=21, h=18, w=30, ids=(0, 1, 5)):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.leaderboard import (
+from refsav.benchmark.leaderboard import (
     BAR_COLOR,
     SCHEMA_VERSION,
     LeaderboardDB,
@@ -27,7 +27,7 @@ from benchmark.leaderboard import (
     render_markdown,
     write_leaderboard,
 )
-from schemas import LeaderboardEntry, SchemaError
+from refsav.schemas import LeaderboardEntry, SchemaError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

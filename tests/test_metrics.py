@@ -1,4 +1,4 @@
-"""Parity of benchmark.metrics with the oracle, plus hand-checked values.
+"""Parity of refsav.benchmark.metrics with the oracle, plus hand-checked values.
 
 The oracle (benchmark/oracle.py) is a literal per-frame transcription of the official
 definitions; every production number must equal it (|delta| <= 1e-9, in practice 0).
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from skimage.morphology import disk as sk_disk
 
-from benchmark import metrics, oracle
-from schemas import SchemaError
-from schemas import rle as rle_ops
+from refsav.benchmark import metrics, oracle
+from refsav.schemas import SchemaError
+from refsav.schemas import rle as rle_ops
 
 TOL = 1e-9
 

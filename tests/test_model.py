@@ -16,16 +16,16 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import (
+from refsav.model.checkpoint import (
     CheckpointError, Layout, build_model, fuse, load_sa2va, map_released_key, released_names, save_released,
     split_fused,
 )
-from model.cli import model_group
-from model.config import PredictOptions, Sa2VAConfig, Sam2Spec
-from model.preprocess import closest_grid, image_tiles, select_key_frames, to_pil
-from model.config import InternVLImageSpec
-from model.sam2_wrapper import GroundingEncoder
-from schemas.errors import SchemaError
+from refsav.model.cli import model_group
+from refsav.model.config import PredictOptions, Sa2VAConfig, Sam2Spec
+from refsav.model.preprocess import closest_grid, image_tiles, select_key_frames, to_pil
+from refsav.model.config import InternVLImageSpec
+from refsav.model.sam2_wrapper import GroundingEncoder
+from refsav.schemas.errors import SchemaError
 
 PROMPT = "<image>\nPlease segment the red ball."
 
@@ -117,9 +117,9 @@ def test_internlm2_wqkv_split_and_fuse_are_inverse():
 
 def test_internlm2_llm_names_round_trip():
     """Sa2VA-8B/26B style (InternLM2 LLM): released names ↔ a Llama-shaped module."""
-    from model.checkpoint import plan_load
-    from model.random_init import CHAT_TOKENS, internvl_config, train_tokenizer
-    from model.config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS
+    from refsav.model.checkpoint import plan_load
+    from refsav.model.random_init import CHAT_TOKENS, internvl_config, train_tokenizer
+    from refsav.model.config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS
 
     tok = train_tokenizer(CHAT_TOKENS + INTERNVL_SPECIAL_TOKENS + SA2VA_SPECIAL_TOKENS)
     raw = internvl_config("tiny", tok.get_vocab())
@@ -150,8 +150,8 @@ def test_internlm2_llm_names_round_trip():
 
 def test_sa2va_1b_released_layout_and_shapes():
     """Key names and shapes of a Sa2VA-1B checkpoint (reference §3), from a meta-device skeleton."""
-    from model.random_init import CHAT_TOKENS, internvl_config, train_tokenizer
-    from model.config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS
+    from refsav.model.random_init import CHAT_TOKENS, internvl_config, train_tokenizer
+    from refsav.model.config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS
 
     cfg = Sa2VAConfig.from_released(internvl_config("1b"))
     assert cfg.sam2 == Sam2Spec()  # released: SAM 2.0 Hiera-L at 1024
@@ -290,7 +290,7 @@ def test_seg_tokens_drive_the_mask_path(tiny, image):
 
     # Different [SEG] states give different mask logits; no [SEG], no mask.
     enc = tiny.model.grounding_encoder
-    from model.preprocess import sam2_pixels
+    from refsav.model.preprocess import sam2_pixels
 
     ff = enc.encode(sam2_pixels(pil, enc.image_size)[None])
     feats, pos = ff.frame(0, 1)

@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_sa2va
-from model.config import PredictOptions
-from model.desa2va import DeSa2VA
-from model.sa2va import Sa2VA, Sa2VAPrediction, append_answer
-from model.preprocess import to_pil
-from schemas.io import atomic_write_json
+from refsav.model.checkpoint import load_sa2va
+from refsav.model.config import PredictOptions
+from refsav.model.desa2va import DeSa2VA
+from refsav.model.sa2va import Sa2VA, Sa2VAPrediction, append_answer
+from refsav.model.preprocess import to_pil
+from refsav.schemas.io import atomic_write_json
 from test_model import PROMPT, one_thread, tiny_dir  # noqa: F401 - fixtures: one torch thread, a tiny Sa2VA
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

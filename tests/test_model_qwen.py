@@ -12,13 +12,13 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import load_sa2va
-from model.cli import model_group
-from model.config import PredictOptions, QwenPixelSpec, Sa2VAConfig
-from model.preprocess import qwen_token_grid, qwen_vl_image, smart_resize, to_pil
-from model.random_init import write_random_checkpoint
-from model.sa2va import append_answer
-from schemas.errors import SchemaError
+from refsav.model.checkpoint import load_sa2va
+from refsav.model.cli import model_group
+from refsav.model.config import PredictOptions, QwenPixelSpec, Sa2VAConfig
+from refsav.model.preprocess import qwen_token_grid, qwen_vl_image, smart_resize, to_pil
+from refsav.model.random_init import write_random_checkpoint
+from refsav.model.sa2va import append_answer
+from refsav.schemas.errors import SchemaError
 
 PROMPT = "<image>\nPlease segment the red ball."
 # Per base: the transformers class, the ViT patch (pixel_values row = 3 · 2 frames · patch²),

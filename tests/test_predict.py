@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from test_model import one_thread, tiny_dir  # noqa: F401 - fixtures: one torch thread, a tiny Sa2VA
 
-import model.predict as mp
-import pipelines.cli as root_cli
-from pipelines.sample import EVAL, SampleConfig, write_sample
-from schemas import rle as rle_ops
-from schemas.refvos import read_meta_expressions
+import refsav.model.predict as mp
+import refsav.cli as root_cli
+from refsav.pipelines.sample import EVAL, SampleConfig, write_sample
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.refvos import read_meta_expressions
 
 ANSWER = "Sure, [SEG]."
 
@@ -71,7 +71,7 @@ def test_results_match_ground_truth_and_score_cleanly(first_run, gt, tmp_path):
              for r in e["prediction_masks"]]
     assert len(set(areas)) > 1
 
-    from benchmark.cli import score_command
+    from refsav.benchmark.cli import score_command
 
     res = CliRunner().invoke(score_command, ["--protocol", "refsav", "--gt", str(gt), "--pred",
                                              str(first_run / "results.json"), "--out", str(tmp_path), "--strict"])
@@ -124,7 +124,7 @@ def test_two_dask_workers_give_the_same_results(first_run, tiny_dir, gt, tmp_pat
 
 
 def test_evaluate_writes_scores_and_a_leaderboard_entry(first_run, tiny_dir, gt, tmp_path, cli):
-    from benchmark.leaderboard import LeaderboardDB
+    from refsav.benchmark.leaderboard import LeaderboardDB
 
     out = tmp_path / "eval"
     shutil.copytree(first_run, out)  # resumes: scoring is what this test is about
@@ -218,9 +218,9 @@ def refcoco_run(tiny_dir, refcoco, tmp_path_factory):
 
 
 def test_refcoco_predictions_are_one_parquet_row_per_sentence(refcoco, refcoco_run):
-    from benchmark.refcoco import load_ground_truth, load_image_predictions
-    from schemas.io import read_parquet
-    from schemas.predictions import ImagePrediction
+    from refsav.benchmark.refcoco import load_ground_truth, load_image_predictions
+    from refsav.schemas.io import read_parquet
+    from refsav.schemas.predictions import ImagePrediction
 
     root, _ = refcoco
     out = refcoco_run
@@ -241,8 +241,8 @@ def heads(tiny_dir, tmp_path_factory):
     the same heads with the gate saturated to α = 1 (the vision path = Sa2VA)."""
     import torch
 
-    from model.checkpoint import load_sa2va
-    from model.desa2va import DeSa2VA, save_heads
+    from refsav.model.checkpoint import load_sa2va
+    from refsav.model.desa2va import DeSa2VA, save_heads
 
     folder = tmp_path_factory.mktemp("heads")
     model = DeSa2VA.from_sa2va(load_sa2va(tiny_dir), seed=1)
@@ -265,8 +265,8 @@ def _masks(results: dict) -> dict:
 
 
 def test_desa2va_video_predictions_score_and_differ_from_sa2va(desa2va_run, first_run, gt, heads, tmp_path):
-    from benchmark.cli import score_command
-    from schemas.io import sha256_file
+    from refsav.benchmark.cli import score_command
+    from refsav.schemas.io import sha256_file
 
     run = json.loads((desa2va_run / "run.json").read_text())
     assert run["desa2va_heads"] == str(heads[0].resolve()) and run["desa2va_heads_sha256"] == sha256_file(heads[0])
@@ -293,9 +293,9 @@ def test_desa2va_at_alpha_one_is_sa2va_on_videos(first_run, tiny_dir, gt, heads,
 
 
 def test_desa2va_on_an_image_protocol(refcoco_run, tiny_dir, refcoco, heads, tmp_path, cli):
-    from benchmark.refcoco import load_image_predictions
-    from schemas.io import read_parquet
-    from schemas.predictions import ImagePrediction
+    from refsav.benchmark.refcoco import load_image_predictions
+    from refsav.schemas.io import read_parquet
+    from refsav.schemas.predictions import ImagePrediction
 
     plain = read_parquet(refcoco_run / "predictions.parquet", ImagePrediction)
     runs = {}
@@ -331,8 +331,8 @@ def test_other_heads_do_not_mix_with_existing_parts(desa2va_run, first_run, tiny
 
 
 def test_bad_heads_are_one_line_errors(tiny_dir, gt, tmp_path, cli, capsys):
-    from model.checkpoint import read_config
-    from model.desa2va import DeSa2VAConfig, DecoupleHeads, save_heads
+    from refsav.model.checkpoint import read_config
+    from refsav.model.desa2va import DeSa2VAConfig, DecoupleHeads, save_heads
 
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"no tensors here")

@@ -13,8 +13,8 @@ import yaml
 from huggingface_hub import errors as hub_errors
 
 from annotated_fixture import CHECKER_ID, GENERATION_CONFIG, MODEL_ID, build_annotated, prompt_refs
-from pipelines.cli import main
-from pipelines.publish import (
+from refsav.cli import main
+from refsav.pipelines.publish import (
     SplitRule,
     UploadError,
     assign_splits,
@@ -25,10 +25,10 @@ from pipelines.publish import (
     upload_dataset,
     validate_folder,
 )
-from schemas import SchemaError
-from schemas.expression import Expression
-from schemas.io import rows_to_records
-from schemas.version import __version__
+from refsav.schemas import SchemaError
+from refsav.schemas.expression import Expression
+from refsav.schemas.io import rows_to_records
+from refsav.schemas.version import __version__
 
 
 class _NoHub:

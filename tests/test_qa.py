@@ -1,4 +1,4 @@
-"""Tests for benchmark.qa: every VLMEvalKit rule on hand-made inputs.
+"""Tests for refsav.benchmark.qa: every VLMEvalKit rule on hand-made inputs.
 
 Expected values are worked out by hand in the comments next to them.
 """
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.qa import (
+from refsav.benchmark.qa import (
     MCQRecord,
     MME_COGNITION,
     MME_PERCEPTION,
@@ -22,7 +22,7 @@ from benchmark.qa import (
     score_mme,
     score_yes_no,
 )
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 ANIMALS = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}  # 3+3+4+4 = 14 chars -> length limit 28
 

@@ -1,4 +1,4 @@
-"""Tests for benchmark.qa_inputs: QA ground-truth / prediction readers and score_qa.
+"""Tests for refsav.benchmark.qa_inputs: QA ground-truth / prediction readers and score_qa.
 
 Every ground truth here is a tiny hand-written file; expected scores are worked
 out by hand next to each assertion.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.qa import MME_COGNITION, MME_PERCEPTION
-from benchmark.qa_inputs import (
+from refsav.benchmark.qa import MME_COGNITION, MME_PERCEPTION
+from refsav.benchmark.qa_inputs import (
     QA_PROTOCOLS,
     QuestionResult,
     canonical_id,
@@ -22,9 +22,9 @@ from benchmark.qa_inputs import (
     read_mme_ground_truth,
     score_qa,
 )
-from schemas.errors import SchemaError
-from schemas.io import write_parquet
-from schemas.predictions import QAPrediction
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import write_parquet
+from refsav.schemas.predictions import QAPrediction
 
 FAKE_B64 = "iVBORw0KGgo" + "A" * 400  # long enough to count as an inline image
 

@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from benchmark.refcoco import (
+from refsav.benchmark.refcoco import (
     IMAGE_PROTOCOLS,
     load_ground_truth,
     load_image_predictions,
     load_refs_pickle,
     score_refcoco,
 )
-from schemas.errors import SchemaError
-from schemas.io import write_parquet
-from schemas.predictions import ImagePrediction
-from schemas.rle import Rle, encode
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import write_parquet
+from refsav.schemas.predictions import ImagePrediction
+from refsav.schemas.rle import Rle, encode
 
 SIZES = {1: (30, 40), 2: (24, 32), 3: (16, 20)}  # image_id -> (H, W)
 PR_KEYS = ["Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"]

@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.sample import CHUNK, EVAL, SampleConfig, write_sample
-from schemas import SchemaError
-from schemas import rle as rle_ops
-from schemas.media import _read_frames_pyav, probe_video, read_frames
-from schemas.refsav_json import read_refsav_json
-from schemas.refvos import read_mask_dict, read_meta_expressions
-from schemas.sav import read_sav_json
+from refsav.pipelines.sample import CHUNK, EVAL, SampleConfig, write_sample
+from refsav.schemas import SchemaError
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.media import _read_frames_pyav, probe_video, read_frames
+from refsav.schemas.refsav_json import read_refsav_json
+from refsav.schemas.refvos import read_mask_dict, read_meta_expressions
+from refsav.schemas.sav import read_sav_json
 
 REFSAV = str(Path(sys.executable).with_name("refsav"))
 
@@ -135,7 +135,7 @@ def test_frame_count_mismatch_between_mp4_and_annotation(sample, tmp_path):
     mp4 = ann_path.with_name(ann_path.name.replace("_manual.json", ".mp4"))
     # Re-encode only the first 20 frames under the same name: the annotation wants 30.
     frames = read_frames(mp4)[:20]
-    from pipelines.synthetic import write_mp4
+    from refsav.pipelines.synthetic import write_mp4
 
     short = tmp_path / mp4.name
     write_mp4(short, frames)

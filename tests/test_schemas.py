@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as coco
 
-from schemas import (
+from refsav.schemas import (
     Consistency,
     Expression,
     FileHash,
@@ -23,10 +23,10 @@ from schemas import (
     Video,
     VideoPrediction,
 )
-from schemas import rle as rle_ops
-from schemas.io import read_parquet, write_parquet
-from schemas.rle import Rle
-from schemas.submission import submission_schemas
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.io import read_parquet, write_parquet
+from refsav.schemas.rle import Rle
+from refsav.schemas.submission import submission_schemas
 
 
 def random_masks(rng, n, h, w):

@@ -13,15 +13,15 @@ from PIL import Image
 
 from dataclasses import replace
 
-from benchmark import metrics, oracle
-from benchmark.baselines import write_baseline
-from benchmark.inputs import RefVosGroundTruth, _read_mask_dict, load_predictions, rles_from_json
-from benchmark.protocols import VIDEO_PROTOCOLS
-from benchmark.score import plan_chunks, score_refvos
-from pipelines.sample import EVAL, SampleConfig, write_sample
-from schemas import SchemaError
-from schemas.refvos import RefExpression, read_mask_dict, write_meta_expressions
-from schemas.rle import Rle
+from refsav.benchmark import metrics, oracle
+from refsav.benchmark.baselines import write_baseline
+from refsav.benchmark.inputs import RefVosGroundTruth, _read_mask_dict, load_predictions, rles_from_json
+from refsav.benchmark.protocols import VIDEO_PROTOCOLS
+from refsav.benchmark.score import plan_chunks, score_refvos
+from refsav.pipelines.sample import EVAL, SampleConfig, write_sample
+from refsav.schemas import SchemaError
+from refsav.schemas.refvos import RefExpression, read_mask_dict, write_meta_expressions
+from refsav.schemas.rle import Rle
 
 REFSAV = str(Path(sys.executable).with_name("refsav"))
 
@@ -255,7 +255,7 @@ def test_local_processes_and_dask_cluster_score_like_one_process(multi, cluster)
 
 
 def _opened_inputs() -> int:
-    from benchmark import score
+    from refsav.benchmark import score
 
     return len(score._OPENED)
 

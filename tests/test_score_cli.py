@@ -8,10 +8,10 @@ from test_davis import SEQUENCES, make_gt, write_tree
 from test_qa_inputs import MMB_ANSWERS, MMB_HEADER, MMB_ROWS, pred_jsonl, write_tsv
 from test_refcoco import REFCOCO_REFS, data_root, write_json_preds  # noqa: F401 - fixture
 
-from benchmark.cli import PROTOCOL_NAMES, all_protocols
-from benchmark.leaderboard import LeaderboardDB
-from benchmark.refcoco import get_image_protocol, load_ground_truth
-from pipelines.cli import main
+from refsav.benchmark.cli import PROTOCOL_NAMES, all_protocols
+from refsav.benchmark.leaderboard import LeaderboardDB
+from refsav.benchmark.refcoco import get_image_protocol, load_ground_truth
+from refsav.cli import main
 
 
 def test_the_cli_lists_every_registered_protocol():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from pipelines.synthetic import (
+from refsav.pipelines.synthetic import (
     APPEARANCES,
     DIRECTIONS,
     OCCLUSION_MIN_FRACTION,

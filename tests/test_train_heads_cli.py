@@ -13,11 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import pipelines.cli as root_cli
+import refsav.cli as root_cli
 from annotated_fixture import build_annotated
-from model.cli import heads_log_path
-from model.desa2va import DeSa2VAConfig, DecoupleHeads, load_heads, save_heads
-from schemas.io import sha256_file
+from refsav.model.cli import heads_log_path
+from refsav.model.desa2va import DeSa2VAConfig, DecoupleHeads, load_heads, save_heads
+from refsav.schemas.io import sha256_file
 from test_model import one_thread, tiny_dir  # noqa: F401 - fixtures: one torch thread, a tiny Sa2VA checkpoint
 
 STEPS = 25
@@ -72,7 +72,7 @@ def test_heads_reload_and_the_log_shows_the_loss_going_down(trained, tiny_dir, a
 
 
 def test_training_moved_the_heads_away_from_sa2va(trained, tiny_dir):
-    from model.checkpoint import load_sa2va
+    from refsav.model.checkpoint import load_sa2va
 
     heads = load_heads(trained[0])
     fcs = load_sa2va(tiny_dir).model.text_hidden_fcs.state_dict()

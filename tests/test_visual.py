@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from pipelines import visual as V
-from pipelines.sample import CHUNK, SampleConfig, write_sample
-from schemas import Masklet, SchemaError
-from schemas import rle as rle_ops
-from schemas.media import _read_frames_pyav
-from schemas.sav import read_sav_json
+from refsav.pipelines import visual as V
+from refsav.pipelines.sample import CHUNK, SampleConfig, write_sample
+from refsav.schemas import Masklet, SchemaError
+from refsav.schemas import rle as rle_ops
+from refsav.schemas.media import _read_frames_pyav
+from refsav.schemas.sav import read_sav_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.vlm import CachedBackend, GenerationConfig, RequestCache, VLMError, VLMRequest, VLMResponse, make_backend
-from pipelines.vlm.base import VLMBackend, backoff_delay, image_mime
-from pipelines.vlm.openai_backend import OpenAIBackend, is_retryable_status
-from schemas.errors import SchemaError
+from refsav.pipelines.vlm import CachedBackend, GenerationConfig, RequestCache, VLMError, VLMRequest, VLMResponse, make_backend
+from refsav.pipelines.vlm.base import VLMBackend, backoff_delay, image_mime
+from refsav.pipelines.vlm.openai_backend import OpenAIBackend, is_retryable_status
+from refsav.schemas.errors import SchemaError
 from vlm_server import TINY_IMAGE_TOKENS, start_transformers_serve, test_jpeg, tiny_vlm_dir, vlm_server  # noqa: F401
 
 JPEG_A, JPEG_B = test_jpeg(1), test_jpeg(2)
@@ -366,8 +366,8 @@ def test_identical_requests_in_flight_share_one_call(stub_factory, tmp_path):
 
 _WRITER = """
 import sys
-from pipelines.vlm.base import VLMResponse
-from pipelines.vlm.cache import RequestCache
+from refsav.pipelines.vlm.base import VLMResponse
+from refsav.pipelines.vlm.cache import RequestCache
 cache = RequestCache(sys.argv[1])
 worker = sys.argv[2]
 for i in range(200):

@@ -34,7 +34,7 @@ from typing import Iterator
 
 import pytest
 
-from pipelines.vlm.tiny import (  # noqa: F401 - re-exported for the tests
+from refsav.pipelines.vlm.tiny import (  # noqa: F401 - re-exported for the tests
     END_TOKEN,
     IMAGE_TOKEN,
     TINY_IMAGE_SIZE,

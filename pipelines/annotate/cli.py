@@ -63,7 +63,7 @@ def annotate_command(input_root, out, backend, base_url, model, check_model, che
                      workers, scheduler, limit, shard_size, max_in_flight, timeout, retries, max_tokens, temperature,
                      prompts_dir, cache_path, retry_failed) -> None:
     """Describe every SA-V masklet with a VLM in three stages and write Ref-SAV-style expressions."""
-    from schemas.version import __version__
+    from refsav.schemas.version import __version__
 
     if backend == "openai" and not base_url:
         raise click.UsageError("--vlm openai needs --base-url (e.g. http://127.0.0.1:23333/v1)")

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 SUFFIXES = {"manual": ("_manual.json",), "auto": ("_auto.json",), "both": ("_manual.json", "_auto.json")}
 

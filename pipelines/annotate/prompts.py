@@ -12,8 +12,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.errors import SchemaError
-from schemas.expression import PromptRef
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.expression import PromptRef
 
 DEFAULT_DIR = Path(__file__).parent / "prompts"
 STAGES = ("object", "check", "scene", "video", "merge")

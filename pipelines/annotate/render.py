@@ -1,12 +1,12 @@
 """From one video's SA-V annotation(s) to the objects ready for the VLM.
 
-The video is decoded once for all its objects (pipelines.visual plans the frames); an
+The video is decoded once for all its objects (refsav.pipelines.visual plans the frames); an
 object that cannot be shown becomes a recorded drop, not an error.
 """
 from __future__ import annotations
 
-from schemas.expression import FileHash
-from schemas.sav import SavAnnotation
+from refsav.schemas.expression import FileHash
+from refsav.schemas.sav import SavAnnotation
 
 from ..visual import HighlightStyle, NotVisible, build_video_views
 from .config import AnnotateConfig

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from schemas.errors import SchemaError
-from schemas.io import atomic_write_json
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import atomic_write_json
 
-from ..executor import make_executor
-from ..progress import progress_bar
+from refsav.runtime.executor import make_executor
+from refsav.runtime.progress import progress_bar
 from .config import AnnotateConfig
 from .inputs import VideoInput, discover
 from .prompts import load_prompts

@@ -20,9 +20,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from schemas.errors import SchemaError
-from schemas.expression import Expression, FileHash
-from schemas.io import atomic_write_json, sha256_file, write_parquet
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.expression import Expression, FileHash
+from refsav.schemas.io import atomic_write_json, sha256_file, write_parquet
 
 from .config import AnnotateConfig
 from .inputs import VideoInput
@@ -166,7 +166,7 @@ def prepare_video(video: VideoInput, input_root: str, config: AnnotateConfig) ->
     Runs in a worker thread. Any problem with the files is returned as a skip reason:
     one bad video must never stop the run.
     """
-    from schemas.sav import read_sav_json
+    from refsav.schemas.sav import read_sav_json
 
     from .render import render_video
 

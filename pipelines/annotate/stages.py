@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from schemas.expression import Consistency, Expression, FileHash, Provenance
+from refsav.schemas.expression import Consistency, Expression, FileHash, Provenance
 
 from ..visual import ObjectViews
 from ..vlm.base import GenerationConfig, VLMBackend, VLMError, VLMRequest, VLMResponse
@@ -17,7 +17,7 @@ from .config import AnnotateConfig
 from .prompts import PromptSet
 from .text import Candidate, ambiguity, clean, parse_merge, parse_object_answer, parse_verdict
 
-# How the prompts name the visual cue; the colour is chosen per object by pipelines.visual
+# How the prompts name the visual cue; the colour is chosen per object by refsav.pipelines.visual
 # so that it stands out against the object and its surroundings.
 HIGHLIGHT_WORDS = {
     "contour": "a {colour} outline drawn around it",

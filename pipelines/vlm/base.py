@@ -8,7 +8,7 @@ once its bounded retries are spent. Three backends implement it (`make_backend`)
 * ``transformers``: the model in this process, one generation at a time;
 * ``lmdeploy``: an in-process lmdeploy pipeline (CUDA machines only).
 
-`pipelines.vlm.cache.CachedBackend` wraps any of them with a SQLite answer cache keyed by
+`refsav.pipelines.vlm.cache.CachedBackend` wraps any of them with a SQLite answer cache keyed by
 `VLMRequest.cache_key(model)`.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 BACKENDS = ("openai", "transformers", "lmdeploy")
 # Bumped whenever the way a request is turned into model input changes, so that old cache

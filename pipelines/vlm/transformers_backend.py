@@ -14,7 +14,7 @@ import threading
 import time
 from io import BytesIO
 
-from schemas.errors import SchemaError
+from refsav.schemas.errors import SchemaError
 
 from .base import VLMError, VLMRequest, VLMResponse
 

@@ -11,24 +11,24 @@ import click
 # Commands are listed in --help by capability, in this order.
 SECTIONS = {
     "Data": {
-        "sample": ("pipelines.sample", "sample_command", "Generate a synthetic SA-V sample and its Ref-SAV benchmark split."),
-        "annotate": ("pipelines.annotate.cli", "annotate_command", "Describe SA-V masklets with a VLM (3 stages) into Parquet shards."),
-        "publish": ("pipelines.publish", "publish_command", "Publish an annotation run as a Hugging Face dataset (card, splits)."),
-        "export": ("pipelines.export", "export_group", "Write Ref-SAV training JSON or a Ref-SAV-style benchmark from a run."),
-        "validate": ("pipelines.validate", "validate_command", "Check SA-V, Ref-SAV, benchmark, Parquet and mp4 files."),
-        "schema": ("pipelines.cli_schema", "schema_command", "Export the submission formats as JSON Schema."),
+        "sample": ("refsav.pipelines.sample", "sample_command", "Generate a synthetic SA-V sample and its Ref-SAV benchmark split."),
+        "annotate": ("refsav.pipelines.annotate.cli", "annotate_command", "Describe SA-V masklets with a VLM (3 stages) into Parquet shards."),
+        "publish": ("refsav.pipelines.publish", "publish_command", "Publish an annotation run as a Hugging Face dataset (card, splits)."),
+        "export": ("refsav.pipelines.export", "export_group", "Write Ref-SAV training JSON or a Ref-SAV-style benchmark from a run."),
+        "validate": ("refsav.pipelines.validate", "validate_command", "Check SA-V, Ref-SAV, benchmark, Parquet and mp4 files."),
+        "schema": ("refsav.pipelines.cli_schema", "schema_command", "Export the submission formats as JSON Schema."),
     },
     "Scoring": {
-        "score": ("benchmark.cli", "score_command", "Score predictions with an official protocol (J, F, J&F ...)."),
-        "leaderboard": ("benchmark.cli", "leaderboard_command", "Render a leaderboard: Markdown, HTML, JSON, charts."),
+        "score": ("refsav.benchmark.cli", "score_command", "Score predictions with an official protocol (J, F, J&F ...)."),
+        "leaderboard": ("refsav.benchmark.cli", "leaderboard_command", "Render a leaderboard: Markdown, HTML, JSON, charts."),
     },
     "Models": {
-        "predict": ("model.predict", "predict_command", "Run a Sa2VA checkpoint over a benchmark; resumable, multi-GPU."),
-        "evaluate": ("model.predict", "evaluate_command", "Predict, score, and add a leaderboard entry."),
-        "model": ("model.cli", "model_group", "Sa2VA reference models: random-weight checkpoints (init-random), DeSa2VA heads (train-heads)."),
+        "predict": ("refsav.model.predict", "predict_command", "Run a Sa2VA checkpoint over a benchmark; resumable, multi-GPU."),
+        "evaluate": ("refsav.model.predict", "evaluate_command", "Predict, score, and add a leaderboard entry."),
+        "model": ("refsav.model.cli", "model_group", "Sa2VA reference models: random-weight checkpoints (init-random), DeSa2VA heads (train-heads)."),
     },
     "End to end": {
-        "demo": ("pipelines.demo", "demo_command", "Run the end-to-end demo on generated data."),
+        "demo": ("refsav.demo", "demo_command", "Run the end-to-end demo on generated data."),
     },
 }
 COMMANDS = {name: spec for section in SECTIONS.values() for name, spec in section.items()}
@@ -59,7 +59,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input becomes a one-line error and exit code 2, never a traceback."""
-    from schemas.errors import SchemaError
+    from refsav.schemas.errors import RefsavError
 
     try:
         cli.main(args=argv, prog_name="refsav", standalone_mode=False)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("Aborted.", err=True)
         return 130
-    except SchemaError as exc:
+    except RefsavError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
     return 0

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
-from schemas.errors import SchemaError
-from schemas.media import check_frame_count, probe_video
-from schemas.refsav_json import read_refsav_json
-from schemas.refvos import read_meta_expressions
-from schemas.sav import read_sav_json
+from refsav.schemas.errors import SchemaError
+from refsav.schemas.media import check_frame_count, probe_video
+from refsav.schemas.refsav_json import read_refsav_json
+from refsav.schemas.refvos import read_meta_expressions
+from refsav.schemas.sav import read_sav_json
 
-from .sample import CHUNK, EVAL, SampleConfig, write_sample
+from refsav.pipelines.sample import CHUNK, EVAL, SampleConfig, write_sample
 
 
 @click.command("demo")
@@ -28,9 +28,9 @@ from .sample import CHUNK, EVAL, SampleConfig, write_sample
 @click.option("--seed", default=0, show_default=True, type=int)
 def demo_command(out: Path, videos: int, seed: int) -> None:
     """Generate a synthetic SA-V sample and run every available stage on it."""
-    from benchmark.baselines import KINDS, write_baseline
-    from benchmark.cli import leaderboard_command, score_command
-    from benchmark.inputs import RefVosGroundTruth
+    from refsav.benchmark.baselines import KINDS, write_baseline
+    from refsav.benchmark.cli import leaderboard_command, score_command
+    from refsav.benchmark.inputs import RefVosGroundTruth
 
     start = time.perf_counter()
     sample_dir = out / "sample"
@@ -53,8 +53,8 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
     click.echo("[3/6] annotate: three-stage VLM annotation of every masklet on a local Dask cluster")
     click.echo("      NOTE the VLM is a tiny random-weight model saved here (no model hub): its texts are")
     click.echo("      noise, and the consistency check is off because such a model never answers YES")
-    from .annotate.cli import annotate_command
-    from .vlm.tiny import save_tiny_vlm
+    from refsav.pipelines.annotate.cli import annotate_command
+    from refsav.pipelines.vlm.tiny import save_tiny_vlm
 
     model_dir = save_tiny_vlm(out / "tiny-vlm")
     if (out / "annotated").exists():
@@ -67,8 +67,8 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
 
     click.echo("[4/6] publish + export: a Hugging Face dataset folder (dry run: nothing is uploaded),")
     click.echo("      the Ref-SAV training JSON Sa2VA reads, and a benchmark split in the Ref-SAV eval layout")
-    from .export import export_group
-    from .publish import publish_command
+    from refsav.pipelines.export import export_group
+    from refsav.pipelines.publish import publish_command
 
     publish_command.main(["--data", str(out / "annotated"), "--repo-id", "your-org/refsav-demo",
                           "--folder", str(out / "hub"), "--dry-run"], standalone_mode=False)
