@@ -82,7 +82,7 @@ def train_heads_command(model_path: Path, data: Path, out: Path, steps: int, lr:
     import time
     from dataclasses import asdict
 
-    from refsav.schemas.errors import SchemaError
+    from refsav.schemas.errors import RefsavError, SchemaError
     from refsav.schemas.io import atomic_write_json, sha256_file
 
     from .checkpoint import read_config
@@ -92,7 +92,7 @@ def train_heads_command(model_path: Path, data: Path, out: Path, steps: int, lr:
 
     t0 = time.perf_counter()
     if out.suffix != ".safetensors":
-        raise SchemaError("the heads file must end in .safetensors", file=out)
+        raise RefsavError("the heads file must end in .safetensors", file=out)
     if not model_path.is_dir():
         raise SchemaError("not a checkpoint folder", file=model_path)
     samples = load_samples(data, text=text, frames_per_object=frames_per_expression, limit=limit)

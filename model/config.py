@@ -19,7 +19,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError, SchemaError
 
 Family = Literal["internvl", "qwen2.5-vl", "qwen3-vl"]
 FAMILIES: tuple[str, ...] = ("internvl", "qwen2.5-vl", "qwen3-vl")
@@ -277,13 +277,13 @@ class PredictOptions:
 
     def __post_init__(self) -> None:
         if self.key_frames not in ("first", "uniform"):
-            raise SchemaError(f"must be 'first' or 'uniform', got {self.key_frames!r}", field="key_frames")
+            raise RefsavError(f"must be 'first' or 'uniform', got {self.key_frames!r}", field="key_frames")
         if self.num_key_frames < 1:
-            raise SchemaError("must be >= 1", field="num_key_frames")
+            raise RefsavError("must be >= 1", field="num_key_frames")
         if self.max_new_tokens < 0:
-            raise SchemaError("must be >= 0", field="max_new_tokens")
+            raise RefsavError("must be >= 0", field="max_new_tokens")
         if self.backbone_batch < 1:
-            raise SchemaError("must be >= 1", field="backbone_batch")
+            raise RefsavError("must be >= 1", field="backbone_batch")
 
 
 __all__ = [

@@ -33,7 +33,7 @@ from typing import Any
 
 import click
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError, SchemaError
 from refsav.schemas.io import atomic_write_json, read_json
 
 VIDEO_PROTOCOLS = ("refsav", "mevis", "revos", "refdavis")
@@ -115,7 +115,7 @@ def _with_heads(sa2va, heads: str, sha256: str | None):
     if not path.is_file():
         raise SchemaError("DeSa2VA heads file not found", file=path)
     if sha256 is not None and sha256_file(path) != sha256:
-        raise SchemaError("the heads file changed after the run started (sha256 differs from run.json)", file=path)
+        raise RefsavError("the heads file changed after the run started (sha256 differs from run.json)", file=path)
     try:
         # In the model's dtype, as Sa2VA runs its own [SEG] projection.
         return DeSa2VA.with_heads(sa2va, load_heads(path), dtype=sa2va.model.dtype)
@@ -331,7 +331,7 @@ def _check_run_file(out: Path, spec: RunSpec, extra: dict) -> None:
         have = read_json(path)
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)) if isinstance(have, dict) else []
-            raise SchemaError(f"OUT holds predictions made with other settings ({', '.join(diff) or 'unreadable'}); "
+            raise RefsavError(f"OUT holds predictions made with other settings ({', '.join(diff) or 'unreadable'}); "
                               "use a new --out or delete it", file=path)
     else:
         atomic_write_json(path, want, indent=1)
@@ -382,7 +382,7 @@ def predict_image_protocol(spec: RunSpec, gt: Path, out: Path, *, images: Path |
     from refsav.schemas.predictions import ImagePrediction
 
     if images is None:
-        raise SchemaError("image protocols need --images (the COCO train2014 folder)", field="images")
+        raise RefsavError("image protocols need --images (the COCO train2014 folder)", field="images")
     truth = load_ground_truth(gt, spec.protocol, split, split_by)
     samples = truth.samples[:limit] if limit is not None else truth.samples
     _check_run_file(out, spec, {"gt": str(Path(gt).resolve()), "split": split, "split_by": split_by,
@@ -413,13 +413,13 @@ def run_predict(spec: RunSpec, gt: Path, out: Path, **kw) -> PredictResult:
         kw.pop("meta_name", None)
         kw.pop("frames", None)
         return predict_image_protocol(spec, gt, out, **kw)
-    raise SchemaError(f"no predictor for protocol {spec.protocol!r}", field="protocol")
+    raise RefsavError(f"no predictor for protocol {spec.protocol!r}", field="protocol")
 
 
 # ----------------------------------------------------------------------------- commands
 
 
-def _predict_options(fn):
+def predict_options(fn):
     options = [
         click.option("--model", "model_path", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Sa2VA checkpoint folder (released layout, safetensors)."),
@@ -475,7 +475,7 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
                    max_new_tokens, force_answer, heads, sha)
 
 
-def _predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
+def predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
                           force_answer, meta_name, frames, images, split, split_by, limit, workers,
                           scheduler, desa2va_heads=None) -> PredictResult:
     import time
@@ -492,37 +492,14 @@ def _predict_from_options(model_path, protocol, gt, out, device, dtype, key_fram
 
 
 @click.command("predict")
-@_predict_options
+@predict_options
 def predict_command(**kw) -> None:
     """Run a Sa2VA checkpoint (optionally with DeSa2VA heads) over a benchmark; write the scorer's format."""
-    _predict_from_options(**kw)
-
-
-@click.command("evaluate")
-@_predict_options
-@click.option("--scores", "scores_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for scores.json (default: --out).")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Add the result to this leaderboard database (SQLite).")
-@click.option("--name", default=None,
-              help="Leaderboard name (default: the checkpoint folder name, plus +desa2va:<heads> with heads).")
-@click.pass_context
-def evaluate_command(ctx: click.Context, scores_dir, db, name, **kw) -> None:
-    """Predict, score with the protocol, and optionally add a leaderboard entry."""
-    from refsav.benchmark.cli import score_command
-
-    res = _predict_from_options(**kw)
-    heads = kw.get("desa2va_heads")
-    default_name = kw["model_path"].name + (f"+desa2va:{heads.stem}" if heads is not None else "")
-    # The score command's own path: same scores.json, validation report and leaderboard entry.
-    ctx.invoke(score_command, protocol=kw["protocol"], gt=kw["gt"], pred=res.predictions,
-               out=scores_dir or kw["out"], strict=False, name=name or default_name, db=db, benchmark=None,
-               meta_name=kw["meta_name"], split=kw["split"], split_by=kw["split_by"], empty_union="one",
-               image_set="val", sequences=None, workers=1, scheduler=None)
+    predict_from_options(**kw)
 
 
 __all__ = [
-    "ImageTask", "PredictResult", "RunSpec", "VideoTask", "evaluate_command", "get_model", "load_frames",
-    "predict_command", "predict_image_protocol", "predict_video", "predict_video_protocol", "prompt_for",
+    "ImageTask", "PredictResult", "RunSpec", "VideoTask", "get_model", "load_frames",
+    "predict_command", "predict_from_options", "predict_image_protocol", "predict_options", "predict_video", "predict_video_protocol", "prompt_for",
     "run_predict",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError, SchemaError
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, InternVLImageSpec, KeyFrameMode, QwenPixelSpec
 
@@ -189,7 +189,7 @@ def select_key_frames(num_frames: int, mode: KeyFrameMode, k: int) -> tuple[int,
             return (0,)
         picks = np.linspace(0, num_frames - 1, k).round().astype(int)
         return tuple(sorted({int(i) for i in picks}))
-    raise SchemaError(f"must be 'first' or 'uniform', got {mode!r}", field="key_frames")
+    raise RefsavError(f"must be 'first' or 'uniform', got {mode!r}", field="key_frames")
 
 
 __all__ = [

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError
 from refsav.schemas.io import atomic_write_json
 
 from .config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS, QwenPixelSpec, Sa2VAConfig, Sam2Spec
@@ -112,7 +112,7 @@ def internvl_config(size: str, token_ids: dict[str, int] | None = None) -> dict[
         vision = _internvit(**_INTERNVIT_300M, image_size=448)
         llm = _qwen2_llm(_INTERNVL_QWEN2_VOCAB, **_QWEN25_3B)
     else:
-        raise SchemaError(f"unknown size {size!r}; expected one of {SIZES}", field="size")
+        raise RefsavError(f"unknown size {size!r}; expected one of {SIZES}", field="size")
     return {
         "architectures": ["Sa2VAChatModel"], "model_type": "sa2va_chat",
         "auto_map": {
@@ -157,7 +157,7 @@ def qwen25_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
                     num_key_value_heads=2, vocab_size=_QWEN25_VL_VOCAB,
                     rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
     else:
-        raise SchemaError(
+        raise RefsavError(
             f"no released Sa2VA on Qwen2.5-VL has size {size!r}; use tiny or 4b (Sa2VA-Qwen2_5-VL-3B shapes)",
             field="size",
         )
@@ -173,7 +173,7 @@ def qwen25_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
 def qwen3_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
     """A released-style Sa2VA-Qwen3-VL config.json (tiny only, see the module docstring)."""
     if size != "tiny":
-        raise SchemaError(
+        raise RefsavError(
             f"no Qwen3-VL shapes for size {size!r}: only tiny (the reference sheet lacks Sa2VA-Qwen3-VL-4B's "
             "layer, head and ViT shapes)",
             field="size",
@@ -290,9 +290,9 @@ def write_random_checkpoint(
     from .checkpoint import Layout, build_model, released_names, save_tokenizer, split_fused, write_safetensors
 
     if size not in SIZES:
-        raise SchemaError(f"unknown size {size!r}; expected one of {SIZES}", field="size")
+        raise RefsavError(f"unknown size {size!r}; expected one of {SIZES}", field="size")
     if base not in BASES:
-        raise SchemaError(f"unknown base {base!r}; expected one of {BASES}", field="base")
+        raise RefsavError(f"unknown base {base!r}; expected one of {BASES}", field="base")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
 

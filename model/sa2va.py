@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError, SchemaError
 
 from .config import (
     IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, SAM_PROMPT_DIM, SEG_TOKEN, PredictOptions, Sa2VAConfig,
@@ -194,7 +194,7 @@ class Sa2VA:
         self.config = model.config
         vocab = tokenizer.get_vocab()
         if SEG_TOKEN not in vocab:
-            raise SchemaError(f"tokenizer has no {SEG_TOKEN} token", field="tokenizer")
+            raise RefsavError(f"tokenizer has no {SEG_TOKEN} token", field="tokenizer")
         self.seg_id = int(vocab[SEG_TOKEN])
         self.stop_ids = self._stop_ids(vocab)
 
@@ -207,7 +207,7 @@ class Sa2VA:
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
             ids.append(int(self.tokenizer.eos_token_id))
         if not ids:
-            raise SchemaError(f"tokenizer knows none of the stop words {words}", field="tokenizer")
+            raise RefsavError(f"tokenizer knows none of the stop words {words}", field="tokenizer")
         return ids
 
     # ------------------------------------------------------------------ inputs
@@ -240,7 +240,7 @@ class Sa2VA:
 
     def _qwen_inputs(self, text: str, frames: Sequence[Image.Image]) -> dict:
         if self.processor is None:
-            raise SchemaError("the Qwen family needs its processor", field="processor")
+            raise RefsavError("the Qwen family needs its processor", field="processor")
         # As the released code: qwen_vl_utils' resize, then the processor with Sa2VA's
         # pixel bounds (not the saved processor's), which sets the image token count.
         shown = [qwen_vl_image(f) for f in frames]
@@ -308,7 +308,7 @@ class Sa2VA:
 
     def _visual_inputs(self, image, video, options: PredictOptions):
         if (image is None) == (video is None):
-            raise SchemaError("give exactly one of image or video", field="image/video")
+            raise RefsavError("give exactly one of image or video", field="image/video")
         if image is not None:
             return [to_pil(image, where="image")], (0,), False
         clip = video if isinstance(video, _Video) else _Video(video)

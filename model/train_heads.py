@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError, SchemaError
 from refsav.schemas.expression import Expression
 from refsav.schemas.io import read_json, read_parquet
 from refsav.schemas.media import read_frames
@@ -60,9 +60,9 @@ def load_samples(out: str | Path, *, text: Literal["formated", "short"] = "forma
     if not out.is_dir():
         raise SchemaError("expected a `refsav annotate` output folder (run.json + data/*.parquet)", file=out)
     if text not in ("formated", "short"):
-        raise SchemaError(f"must be 'formated' or 'short', got {text!r}", field="text")
+        raise RefsavError(f"must be 'formated' or 'short', got {text!r}", field="text")
     if frames_per_object < 1:
-        raise SchemaError(f"must be positive, got {frames_per_object}", field="frames_per_object")
+        raise RefsavError(f"must be positive, got {frames_per_object}", field="frames_per_object")
     run = read_json(out / "run.json")
     if not isinstance(run, dict) or not isinstance(run.get("input"), str):
         raise SchemaError("needs the input root as a string", file=out / "run.json", field="input")
@@ -124,7 +124,7 @@ def prepare(model: DeSa2VA, samples: Sequence[HeadSample],
     for s in samples:
         g = sa2va.ground(QUESTION.format(expression=s.text), image=s.image, answer=ANSWER)
         if g.seg_hidden.shape[0] != 1:
-            raise SchemaError(f"the answer gave {g.seg_hidden.shape[0]} [SEG] states, expected 1", field="answer")
+            raise RefsavError(f"the answer gave {g.seg_hidden.shape[0]} [SEG] states, expected 1", field="answer")
         ff = enc.encode(sam2_pixels(to_pil(s.image), S)[None])
         # SAM-2's position encodings depend only on the feature-map sizes, which every
         # sample shares (all are squashed to S x S); at S = 1024 they are ~88 MB a

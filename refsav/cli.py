@@ -24,7 +24,7 @@ SECTIONS = {
     },
     "Models": {
         "predict": ("refsav.model.predict", "predict_command", "Run a Sa2VA checkpoint over a benchmark; resumable, multi-GPU."),
-        "evaluate": ("refsav.model.predict", "evaluate_command", "Predict, score, and add a leaderboard entry."),
+        "evaluate": ("refsav.evaluate", "evaluate_command", "Predict, score, and add a leaderboard entry."),
         "model": ("refsav.model.cli", "model_group", "Sa2VA reference models: random-weight checkpoints (init-random), DeSa2VA heads (train-heads)."),
     },
     "End to end": {

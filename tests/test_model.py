@@ -25,7 +25,7 @@ from refsav.model.config import PredictOptions, Sa2VAConfig, Sam2Spec
 from refsav.model.preprocess import closest_grid, image_tiles, select_key_frames, to_pil
 from refsav.model.config import InternVLImageSpec
 from refsav.model.sam2_wrapper import GroundingEncoder
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError, SchemaError
 
 PROMPT = "<image>\nPlease segment the red ball."
 
@@ -67,9 +67,9 @@ def test_key_frame_modes():
     assert select_key_frames(20, "uniform", 5) == (0, 5, 10, 14, 19)
     # Short videos: every frame is a key frame in both modes.
     assert select_key_frames(3, "first", 5) == select_key_frames(3, "uniform", 5) == (0, 1, 2)
-    with pytest.raises(SchemaError, match="key_frames"):
+    with pytest.raises(RefsavError, match="key_frames"):
         select_key_frames(10, "middle", 5)
-    with pytest.raises(SchemaError, match="key_frames"):
+    with pytest.raises(RefsavError, match="key_frames"):
         PredictOptions(key_frames="random")
 
 
@@ -388,12 +388,12 @@ def test_bfloat16_runs_on_cpu_and_agrees_with_float32(tiny_dir, tiny, image):
 
 
 def test_bad_inputs_are_one_line_errors(tiny, image):
-    with pytest.raises(SchemaError, match="exactly one of image or video"):
+    with pytest.raises(RefsavError, match="exactly one of image or video"):
         tiny.predict(PROMPT, image=image, video=[image])
     with pytest.raises(SchemaError, match=r"video\[1\]"):
         tiny.predict(PROMPT, video=[image, image[:50]], answer="[SEG]")
     with pytest.raises(SchemaError, match="uint8"):
         tiny.predict(PROMPT, image=image.astype(np.float32))
-    with pytest.raises(SchemaError, match="size"):
+    with pytest.raises(RefsavError, match="size"):
         CliRunner().invoke(model_group, ["init-random", "--size", "1b", "--base", "qwen2.5-vl", "--out", "x"],
                            catch_exceptions=False)

@@ -18,7 +18,7 @@ from refsav.model.config import PredictOptions, QwenPixelSpec, Sa2VAConfig
 from refsav.model.preprocess import qwen_token_grid, qwen_vl_image, smart_resize, to_pil
 from refsav.model.random_init import write_random_checkpoint
 from refsav.model.sa2va import append_answer
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError, SchemaError
 
 PROMPT = "<image>\nPlease segment the red ball."
 # Per base: the transformers class, the ViT patch (pixel_values row = 3 · 2 frames · patch²),
@@ -46,7 +46,7 @@ def qwen_dir(request, tmp_path_factory):
 
 
 def test_qwen3_vl_has_no_4b_shapes(tmp_path):
-    with pytest.raises(SchemaError, match="only tiny"):
+    with pytest.raises(RefsavError, match="only tiny"):
         write_random_checkpoint(tmp_path / "q3", "4b", "qwen3-vl")
 
 
