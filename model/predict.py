@@ -292,18 +292,17 @@ def predict_images(task: ImageTask) -> int:
 
 
 def _executor(workers: int, scheduler: str | None, device: str):
-    from refsav.runtime.executor import DaskExecutor, InlineExecutor
+    from refsav.runtime.executor import make_executor
 
-    if not scheduler and workers <= 1:
-        return InlineExecutor()
-    return DaskExecutor(workers, scheduler, gpus=device.startswith("cuda"))
+    # One GPU per task on CUDA, so that a worker never shares its device.
+    return make_executor(workers, scheduler, gpus=device.startswith("cuda"))
 
 
 def _run(executor, fn, tasks, advance, count) -> None:
     failed = []
     for outcome in executor.map_unordered(fn, tasks):
         if not outcome.ok:
-            if isinstance(outcome.error, SchemaError):
+            if isinstance(outcome.error, RefsavError):
                 raise outcome.error
             failed.append((outcome.task, outcome.error))
             continue
