@@ -9,13 +9,15 @@ from pathlib import Path
 
 import click
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError
 from refsav.schemas.io import atomic_write_json
+from refsav.schemas.protocols import get_protocol, protocol_names
+from refsav.schemas.refvos import find_meta
 from refsav.schemas.scores import LeaderboardEntry
 from refsav.schemas.version import __version__
 
-from .inputs import find_meta, submission_sha256
-from .protocols import VIDEO_PROTOCOLS, get_video_protocol
+from .inputs import submission_sha256
+from .protocols import get_video_protocol
 from .report import ScoreReport
 from .score import score_refvos
 
@@ -49,37 +51,13 @@ def _print_table(report: ScoreReport) -> None:
     Console().print(table)
 
 
-def _family(protocol: str) -> str:
-    from .davis import DAVIS_PROTOCOLS
-    from .qa_inputs import QA_PROTOCOLS
-    from .refcoco import IMAGE_PROTOCOLS
-
-    for family, names in (("video", VIDEO_PROTOCOLS), ("davis", DAVIS_PROTOCOLS), ("image", IMAGE_PROTOCOLS), ("qa", QA_PROTOCOLS)):
-        if protocol in names:
-            return family
-    raise SchemaError(f"unknown protocol {protocol!r}")
-
-
-def all_protocols() -> list[str]:
-    from .davis import DAVIS_PROTOCOLS
-    from .qa_inputs import QA_PROTOCOLS
-    from .refcoco import IMAGE_PROTOCOLS
-
-    return [*VIDEO_PROTOCOLS, *DAVIS_PROTOCOLS, *IMAGE_PROTOCOLS, *QA_PROTOCOLS]
-
-
-# Listed statically so that `refsav score --help` does not import every scorer.
-PROTOCOL_NAMES = ["refsav", "mevis", "revos", "refdavis", "davis17-semi", "davis17-unsup",
-                  "refcoco", "refcoco+", "refcocog", "grefcoco", "mcq", "mme", "mmbench"]
-
-
 def run_protocol(protocol: str, gt: Path, pred: Path, *, meta_name=None, workers=1, scheduler=None, split="val",
                  split_by=None, empty_union="one", image_set="val", sequences=None, progress=True) -> tuple[ScoreReport, str]:
     """Score with any named protocol; returns the report and the protocol's source."""
     from refsav.runtime.progress import progress_bar
 
-    family = _family(protocol)
-    if family == "video":
+    family = get_protocol(protocol).family
+    if family == "refvos":
         from refsav.schemas.refvos import read_meta_expressions
 
         proto = get_video_protocol(protocol)
@@ -97,11 +75,13 @@ def run_protocol(protocol: str, gt: Path, pred: Path, *, meta_name=None, workers
             report = score_davis(gt, pred, protocol, image_set=image_set, sequences=sequences, workers=workers,
                                  on_sequence=advance)
         return report, proto.source
-    if family == "image":
-        from .refcoco import get_image_protocol, load_ground_truth, score_refcoco
+    if family == "refer":
+        from refsav.schemas.refer import load_ground_truth
+
+        from .refcoco import get_image_protocol, score_refcoco
 
         proto = get_image_protocol(protocol)
-        total = len(load_ground_truth(gt, proto, split, split_by).samples)
+        total = len(load_ground_truth(gt, protocol, split, split_by).samples)
         with progress_bar(f"scoring {split} sentences", total=total, enabled=progress) as advance:
             report = score_refcoco(gt, pred, protocol, split=split, split_by=split_by, empty_union=empty_union,
                                    on_sample=advance)
@@ -112,7 +92,7 @@ def run_protocol(protocol: str, gt: Path, pred: Path, *, meta_name=None, workers
 
 
 @click.command("score")
-@click.option("--protocol", required=True, type=click.Choice(PROTOCOL_NAMES), help="Scoring protocol.")
+@click.option("--protocol", required=True, type=click.Choice(protocol_names()), help="Scoring protocol.")
 @click.option("--gt", "gt", required=True, type=click.Path(exists=True, path_type=Path),
               help="Ground truth: meta_expressions + mask_dict folder (refsav/mevis/revos/refdavis), DAVIS root "
                    "(davis17-*), RefCOCO data root holding <dataset>/refs(*).p + instances.json (refcoco*), "
@@ -167,7 +147,7 @@ def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_nam
 
         metrics = {k: float(v) for k, v in report.totals.items() if isinstance(v, (int, float)) and not math.isnan(v)}
         if report.primary_metric not in metrics:
-            raise SchemaError(f"no {report.primary_metric} to rank by (the ground truth is incomplete for this protocol); "
+            raise RefsavError(f"no {report.primary_metric} to rank by (the ground truth is incomplete for this protocol); "
                               "not added to the leaderboard", file=db)
         entry = LeaderboardEntry(
             benchmark=benchmark or report.protocol,
@@ -202,7 +182,7 @@ def leaderboard_command(db: Path, out: Path) -> None:
 
     store = LeaderboardDB(db)
     if not store.entries():
-        raise SchemaError("the leaderboard database has no entries", file=db)
+        raise RefsavError("the leaderboard database has no entries", file=db)
     files = write_leaderboard(store, out)
     for f in asdict(files).values():
         for p in f if isinstance(f, (list, tuple)) else [f]:

@@ -56,13 +56,14 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
 
+from refsav.runtime.executor import make_executor, results_in_order
 from refsav.schemas.errors import SchemaError
 
 from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
@@ -548,10 +549,10 @@ def score_davis(
     if workers <= 1 or len(names) <= 1:
         collect(score_sequence(gt, pred, seq, protocol, replicate_uint8_wrap) for seq in names)
     else:
-        with ProcessPoolExecutor(min(workers, len(names)), initializer=_init_worker,
-                                 initargs=(gt, str(pred_path))) as pool:
-            n = len(names)
-            collect(pool.map(_score_in_worker, names, [protocol] * n, [replicate_uint8_wrap] * n))
+        with make_executor(min(workers, len(names)), local="processes", initializer=_init_worker,
+                           initargs=(gt, str(pred_path))) as pool:
+            score = partial(_score_in_worker, protocol=protocol, replicate_uint8_wrap=replicate_uint8_wrap)
+            collect(results_in_order(pool, score, names))  # in sequence order, whatever order they finish in
 
     subsets = {seq: summarize(group) for seq in names if (group := [i for i in items if i.sequence == seq])}
     return ScoreReport(protocol.name, "J&F", summarize(items), subsets, items, issues, item_kind="objects")

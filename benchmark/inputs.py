@@ -29,7 +29,7 @@ from refsav.schemas import rle as rle_ops
 from refsav.schemas.errors import SchemaError
 from refsav.schemas.io import read_json, read_parquet
 from refsav.schemas.predictions import VideoPrediction
-from refsav.schemas.refvos import RefExpression, RefVideo, read_mask_dict, read_meta_expressions
+from refsav.schemas.refvos import RefExpression, RefVideo, find_meta, read_mask_dict, read_meta_expressions
 from refsav.schemas.rle import Rle
 
 from .metrics import RunMasks, counts_cover
@@ -229,13 +229,6 @@ def _read_mask_dict(path: Path) -> MaskDict:
     if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
         read_mask_dict(path)  # raises the reference error
     return MaskDict({str(k): v for k, v in obj.items()}, path)
-
-
-def find_meta(root: Path) -> Path:
-    for name in ("meta_expressions_valid.json", "meta_expressions.json", "meta_expressions_valid_.json"):
-        if (root / name).exists():
-            return root / name
-    raise SchemaError("no meta_expressions*.json in the ground-truth folder", file=root)
 
 
 # --------------------------------------------------------------------------- file access

@@ -1,4 +1,5 @@
-"""Named scoring protocols for referring video segmentation, each with its source.
+"""How the refvos-family protocols are scored, each with its source; keyed by their
+names in the protocol registry (`refsav.schemas.protocols`).
 
 A protocol fixes which expressions count, how they are grouped, which metrics are
 reported, whether per-expression values are rounded, and how subsets combine.

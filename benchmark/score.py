@@ -18,16 +18,16 @@ import heapq
 import math
 import os
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable
 
 import numpy as np
 
-from refsav.runtime.executor import Outcome
+from refsav.runtime.executor import make_executor
+from refsav.schemas.refvos import find_meta
 
-from .inputs import Issue, PredictionSet, RefVosGroundTruth, find_meta, load_predictions
+from .inputs import Issue, PredictionSet, RefVosGroundTruth, load_predictions
 from .metrics import RunMasks, frame_scores
 from .protocols import VideoProtocol
 from .report import ScoreReport
@@ -191,34 +191,6 @@ def score_chunk(task: ChunkTask) -> list[VideoResult]:
     return out
 
 
-class _LocalProcesses:
-    """Worker processes on this machine, with the `refsav.runtime.executor` interface.
-
-    Starts in milliseconds where a Dask LocalCluster takes seconds.
-    """
-
-    name = "processes"
-
-    def __init__(self, workers: int) -> None:
-        self._pool = ProcessPoolExecutor(workers)
-        self.n_workers = workers
-
-    def map_unordered(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Outcome]:
-        futures = {self._pool.submit(fn, task): task for task in tasks}
-        for future in as_completed(futures):
-            err = future.exception()
-            yield Outcome(futures[future], future.result() if err is None else None, err)
-
-    def close(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
-
-    def __enter__(self) -> "_LocalProcesses":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def plan_chunks(gt: RefVosGroundTruth, protocol: VideoProtocol, n_chunks: int) -> list[tuple[str, ...]]:
     """Split the videos into at most n_chunks chunks of similar cost, costliest first.
 
@@ -289,11 +261,9 @@ def score_refvos(
 def _score_elsewhere(gt, pred, protocol, gt_root, meta_name, pred_path, workers, scheduler, on_video) -> dict[str, VideoResult]:
     # Workers open the inputs themselves (cheaply: RLEs are validated when scored), never
     # inheriting this process's: an open zip shared by forked processes corrupts reads.
-    from refsav.runtime.executor import DaskExecutor
-
+    # Local workers are plain processes: they start in milliseconds, a Dask LocalCluster in seconds.
     results: dict[str, VideoResult] = {}
-    executor = DaskExecutor(scheduler=scheduler) if scheduler else _LocalProcesses(workers)
-    with executor:
+    with make_executor(workers, scheduler, local="processes") as executor:
         n_chunks = CHUNKS_PER_WORKER * max(executor.n_workers, 1)
         tasks = [ChunkTask(gt_root, meta_name, pred_path, protocol, ids) for ids in plan_chunks(gt, protocol, n_chunks)]
         for outcome in executor.map_unordered(score_chunk, tasks):

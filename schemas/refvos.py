@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import SchemaError
@@ -39,6 +40,14 @@ def read_meta_expressions(path: str | os.PathLike) -> list[RefVideo]:
         return meta_from_json(obj)
     except SchemaError as err:
         raise err.at(file=path) from None
+
+
+def find_meta(root: Path) -> Path:
+    """The meta_expressions file of a ground-truth folder, by the names the benchmarks use."""
+    for name in ("meta_expressions_valid.json", "meta_expressions.json", "meta_expressions_valid_.json"):
+        if (root / name).exists():
+            return root / name
+    raise SchemaError("no meta_expressions*.json in the ground-truth folder", file=root)
 
 
 def meta_from_json(obj: Any) -> list[RefVideo]:

@@ -218,7 +218,8 @@ def refcoco_run(tiny_dir, refcoco, tmp_path_factory):
 
 
 def test_refcoco_predictions_are_one_parquet_row_per_sentence(refcoco, refcoco_run):
-    from refsav.benchmark.refcoco import load_ground_truth, load_image_predictions
+    from refsav.benchmark.refcoco import load_image_predictions
+    from refsav.schemas.refer import load_ground_truth
     from refsav.schemas.io import read_parquet
     from refsav.schemas.predictions import ImagePrediction
 

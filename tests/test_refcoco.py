@@ -15,16 +15,12 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from refsav.benchmark.refcoco import (
-    IMAGE_PROTOCOLS,
-    load_ground_truth,
-    load_image_predictions,
-    load_refs_pickle,
-    score_refcoco,
-)
+from refsav.benchmark.refcoco import IMAGE_PROTOCOLS, load_image_predictions, score_refcoco
 from refsav.schemas.errors import SchemaError
 from refsav.schemas.io import write_parquet
 from refsav.schemas.predictions import ImagePrediction
+from refsav.schemas.protocols import get_protocol
+from refsav.schemas.refer import load_ground_truth, load_refs_pickle
 from refsav.schemas.rle import Rle, encode
 
 SIZES = {1: (30, 40), 2: (24, 32), 3: (16, 20)}  # image_id -> (H, W)
@@ -469,11 +465,11 @@ def test_grefcoco_pickle_fallback_and_conventions(data_root, tmp_path):
 
 def test_protocol_table():
     assert set(IMAGE_PROTOCOLS) == {"refcoco", "refcoco+", "refcocog", "grefcoco"}
-    assert IMAGE_PROTOCOLS["refcocog"].refs_names() == ["refs(umd).p"]
-    assert IMAGE_PROTOCOLS["refcoco+"].refs_names() == ["refs(unc).p"]
-    assert IMAGE_PROTOCOLS["grefcoco"].refs_names()[0] == "grefs(unc).json"
+    assert get_protocol("refcocog").refer.refs_names() == ["refs(umd).p"]
+    assert get_protocol("refcoco+").refer.refs_names() == ["refs(unc).p"]
+    assert get_protocol("grefcoco").refer.refs_names()[0] == "grefs(unc).json"
     for p in IMAGE_PROTOCOLS.values():
-        assert p.source and p.description and p.primary_metric in p.metrics
+        assert p.source and p.description and get_protocol(p.name).primary_metric in p.metrics
 
 
 def test_on_sample_progress(data_root, tmp_path):

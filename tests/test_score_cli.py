@@ -8,14 +8,19 @@ from test_davis import SEQUENCES, make_gt, write_tree
 from test_qa_inputs import MMB_ANSWERS, MMB_HEADER, MMB_ROWS, pred_jsonl, write_tsv
 from test_refcoco import REFCOCO_REFS, data_root, write_json_preds  # noqa: F401 - fixture
 
-from refsav.benchmark.cli import PROTOCOL_NAMES, all_protocols
+from refsav.benchmark.cli import score_command
+from refsav.benchmark.davis import DAVIS_PROTOCOLS
 from refsav.benchmark.leaderboard import LeaderboardDB
-from refsav.benchmark.refcoco import get_image_protocol, load_ground_truth
+from refsav.benchmark.protocols import VIDEO_PROTOCOLS
+from refsav.benchmark.qa_inputs import QA_PROTOCOLS
+from refsav.benchmark.refcoco import IMAGE_PROTOCOLS
 from refsav.cli import main
+from refsav.schemas.refer import load_ground_truth
 
 
 def test_the_cli_lists_every_registered_protocol():
-    assert sorted(PROTOCOL_NAMES) == sorted(all_protocols())
+    (choices,) = [p.type.choices for p in score_command.params if p.name == "protocol"]
+    assert sorted(choices) == sorted([*VIDEO_PROTOCOLS, *DAVIS_PROTOCOLS, *IMAGE_PROTOCOLS, *QA_PROTOCOLS])
 
 
 def _score(args, capsys):
@@ -45,7 +50,7 @@ def test_davis_semi_through_the_cli(tmp_path, capsys):
 
 
 def test_refcoco_through_the_cli_ranks_by_ciou(data_root, tmp_path, capsys):  # noqa: F811 - fixture
-    gt = load_ground_truth(data_root, get_image_protocol("refcoco"), "testA")
+    gt = load_ground_truth(data_root, "refcoco", "testA")
     masks = {s.sample_id: gt.mask(s) for s in gt.samples}
     pred = write_json_preds(tmp_path / "pred.json", masks)
     db = tmp_path / "lb.sqlite"
@@ -70,7 +75,7 @@ def test_mmbench_through_the_cli_with_one_wrong_group(tmp_path, capsys):
 
 
 def test_strict_lists_problems_and_exits_non_zero(data_root, tmp_path, capsys):  # noqa: F811 - fixture
-    gt = load_ground_truth(data_root, get_image_protocol("refcoco"), "val")
+    gt = load_ground_truth(data_root, "refcoco", "val")
     first = gt.samples[0]
     pred = write_json_preds(tmp_path / "pred.json", {first.sample_id: gt.mask(first)})  # the rest missing
     code = main(["score", "--protocol", "refcoco", "--gt", str(data_root), "--pred", str(pred), "--split", "val",
