@@ -35,9 +35,11 @@ import click
 
 from refsav.schemas.errors import RefsavError, SchemaError
 from refsav.schemas.io import atomic_write_json, read_json
+from refsav.schemas.protocols import protocols_of
 
-VIDEO_PROTOCOLS = ("refsav", "mevis", "revos", "refdavis")
-IMAGE_PROTOCOLS = ("refcoco", "refcoco+", "refcocog", "grefcoco")
+# The protocols a reference model predicts for, from the registry the scorer reads too.
+VIDEO_PROTOCOLS = tuple(protocols_of("refvos"))
+IMAGE_PROTOCOLS = tuple(protocols_of("refer"))
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
 # Frame folders of the meta_expressions family, first found wins (reference §1a-1c).
@@ -239,7 +241,7 @@ def _safe_name(video_id: str) -> str:
 
 @dataclass(frozen=True)
 class ImageTask:
-    samples: tuple  # refsav.benchmark.refcoco.ImageSample
+    samples: tuple  # refsav.schemas.refer.ImageSample
     images: dict  # image_id -> file path
     part: str
     spec: RunSpec
@@ -339,9 +341,8 @@ def _check_run_file(out: Path, spec: RunSpec, extra: dict) -> None:
 def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str | None = None,
                            frames: Path | None = None, limit: int | None = None, workers: int = 1,
                            scheduler: str | None = None, progress: bool = True) -> PredictResult:
-    from refsav.benchmark.inputs import find_meta
     from refsav.runtime.progress import progress_bar
-    from refsav.schemas.refvos import read_meta_expressions
+    from refsav.schemas.refvos import find_meta, read_meta_expressions
 
     gt = Path(gt)
     if not gt.is_dir():
@@ -375,7 +376,7 @@ def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str
 def predict_image_protocol(spec: RunSpec, gt: Path, out: Path, *, images: Path | None, split: str = "val",
                            split_by: str | None = None, limit: int | None = None, chunk_size: int = 64,
                            workers: int = 1, scheduler: str | None = None, progress: bool = True) -> PredictResult:
-    from refsav.benchmark.refcoco import load_ground_truth
+    from refsav.schemas.refer import load_ground_truth
     from refsav.runtime.progress import progress_bar
     from refsav.schemas.io import read_parquet, write_parquet
     from refsav.schemas.predictions import ImagePrediction
