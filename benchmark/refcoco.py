@@ -2,7 +2,7 @@
 
 Ground truth is the lichengunc/refer layout, ``<data_root>/<dataset>/refs(<splitBy>).p``
 (gRefCOCO: ``grefs(<splitBy>).json`` or ``.p``) beside ``instances.json``; formats in
-``shared/reference/formats-benchmarks.md`` §4, metrics in ``metrics.md`` §5.  One
+``docs/formats-benchmarks.md`` §4, metrics in ``docs/metrics.md`` §5.  One
 sample is one sentence: every sentence of every ref of the split.
 
 * RefCOCO / RefCOCO+ / RefCOCOg follow LISA / Sa2VA (``RES.py``): the GT mask is the
