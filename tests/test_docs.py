@@ -12,9 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
-# `docs/metrics.md §5`, ``docs/formats-benchmarks.md`` §4, `docs/metrics.md` §6-§7, §1a-1c, §3, §7
+# Matches e.g. `docs/<name>.md §5`, ``docs/<name>.md`` §4, `docs/<name>.md` §6-§7, "§1a-1c", "§3, §7",
+# and a path wrapped after "docs/" in a docstring.
 CITATION = re.compile(
-    r"docs/(?P<name>[A-Za-z0-9_-]+)\.md[`'\"]*"
+    r"docs/\s*(?P<name>[A-Za-z0-9_-]+)\.md[`'\"]*"
     r"(?P<sections>(?:\s*(?:§|,\s*§|[-–]\s*§?)\s*\d+[a-z]?)*)"
 )
 SECTION = re.compile(r"\d+[a-z]?")
