@@ -1,6 +1,6 @@
 """Reference oracle for the segmentation metrics: plain, per-frame, slow.
 
-Written from the definitions in ``shared/reference/metrics.md`` (davis2017-evaluation
+Written from the definitions in ``docs/metrics.md`` (davis2017-evaluation
 ``db_eval_iou`` / ``f_measure`` / ``db_statistics``, VISA ReVOS accuracy/robustness).
 Every function works on a single frame (H, W) except ``db_statistics`` (a per-frame
 vector).  It uses the same helper libraries as the official code (``skimage`` ``disk``

@@ -1,7 +1,7 @@
 """QA metrics: MME yes/no, MMBench-style multiple choice, yes/no accuracy, exact match.
 
 The extraction heuristics and the MME / MMBench aggregation reproduce
-open-compass/VLMEvalKit (see `shared/reference/metrics.md` §6-§7), including
+open-compass/VLMEvalKit (see `docs/metrics.md` §6-§7), including
 its quirks, so that numbers computed here match numbers reported with it:
 
 - `process_punctuation` / `extract_yes_no`: `vlmeval/smp/misc.py`

@@ -2,7 +2,7 @@
 
 The ground truth (refs + instances.json, one sample per sentence, the GT mask of each) is
 read by `refsav.schemas.refer`; this module reads submissions and scores them (metrics in
-docs/metrics.md).
+``docs/metrics.md`` §5; formats in ``docs/formats-benchmarks.md`` §4).
 
 * RefCOCO / RefCOCO+ / RefCOCOg follow LISA / Sa2VA (``RES.py``): cIoU = sum(I) / sum(U),
   gIoU = mean per-sample IoU with an empty union scoring 1 (``empty_union="one"``) or 0

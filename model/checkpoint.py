@@ -1,6 +1,6 @@
 """Released Sa2VA checkpoints ↔ refsav's modules.
 
-Key names (reference §3, §7):
+Key names (docs/sa2va-checkpoints.md §3, §7):
 
     released                                         module (Sa2VAModel)
     vision_model.embeddings.class_embedding          vlm.model.vision_tower.embeddings.cls_token

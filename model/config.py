@@ -1,7 +1,7 @@
 """Sa2VA configuration: what a released `config.json` says, as typed values.
 
 A released Sa2VA checkpoint carries one `config.json` in one of two families
-(see shared/reference/sa2va-checkpoints.md §2):
+(see docs/sa2va-checkpoints.md §2):
 
 * InternVL family (`Sa2VAChatModel`): `vision_config` (InternViT), `llm_config`
   (the causal LM), `template` (an xtuner template *name*), pixel-shuffle settings.
@@ -25,7 +25,7 @@ Family = Literal["internvl", "qwen2.5-vl", "qwen3-vl"]
 FAMILIES: tuple[str, ...] = ("internvl", "qwen2.5-vl", "qwen3-vl")
 KeyFrameMode = Literal["first", "uniform"]
 
-# Sa2VA adds these after the base model's own special tokens (reference §4).
+# Sa2VA adds these after the base model's own special tokens (docs/sa2va-checkpoints.md §4).
 SA2VA_SPECIAL_TOKENS: tuple[str, ...] = ("[SEG]", "<p>", "</p>", "<vp>", "</vp>")
 INTERNVL_SPECIAL_TOKENS: tuple[str, ...] = (
     "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
@@ -90,7 +90,7 @@ class Sam2Spec:
 
 @dataclass(frozen=True)
 class InternVLImageSpec:
-    """How InternVL-family inputs are cut into tiles (reference §6: hard-coded at inference)."""
+    """How InternVL-family inputs are cut into tiles (docs/sa2va-checkpoints.md §6: hard-coded at inference)."""
 
     tile_size: int = 448  # vision_config.image_size / force_image_size
     patch_size: int = 14
@@ -110,7 +110,7 @@ class InternVLImageSpec:
 class QwenPixelSpec:
     """Pixel bounds for one Qwen-family image (or video key frame) at inference.
 
-    The released Sa2VA Qwen code (reference §6; the Qwen3-VL `Sa2VAChatModelQwen` too) sets
+    The released Sa2VA Qwen code (docs/sa2va-checkpoints.md §6; the Qwen3-VL `Sa2VAChatModelQwen` too) sets
     `min_pixels = 512·28·28`, `max_pixels = 2048·28·28` and passes them to the
     processor call, whatever the checkpoint's saved processor says; so these, not
     the saved processor's defaults, are the default here. The image processor

@@ -1,6 +1,6 @@
 """DeSa2VA: decoupled text / vision prompting of SAM-2 on top of a Sa2VA model.
 
-No code or weights of DeSa2VA were published (shared/reference/desa2va.md): the
+No code or weights of DeSa2VA were published (docs/desa2va.md §1): the
 public repository is Sa2VA renamed. This module is **our implementation of the
 paper's description** (arXiv 2506.22880 abstract + architecture figure). Every
 point the paper leaves open is decided here, and each decision is listed:

@@ -42,7 +42,7 @@ VIDEO_PROTOCOLS = tuple(protocols_of("refvos"))
 IMAGE_PROTOCOLS = tuple(protocols_of("refer"))
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
-# Frame folders of the meta_expressions family, first found wins (reference §1a-1c).
+# Frame folders of the meta_expressions family, first found wins (docs/formats-benchmarks.md §1).
 FRAME_FOLDERS = ("videos", "JPEGImages")
 FRAME_EXTS = (".jpg", ".jpeg", ".png")
 # COCO train2014 naming first (refer README), then bare ids.
@@ -85,7 +85,7 @@ class RunSpec:
 
 
 def prompt_for(expression: str, *, image: bool = False) -> str:
-    """Sa2VA's evaluation prompts (reference sa2va-checkpoints §6, formats-benchmarks §4)."""
+    """Sa2VA's evaluation prompts (docs/sa2va-checkpoints.md §6, docs/formats-benchmarks.md §4)."""
     exp = expression.strip()
     if image:
         return f"<image>\n Please segment {exp} in this image."

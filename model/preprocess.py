@@ -1,4 +1,4 @@
-"""Pixel preprocessing for Sa2VA, as the official `predict_forward` does it (reference §6).
+"""Pixel preprocessing for Sa2VA, as the official `predict_forward` does it (docs/sa2va-checkpoints.md §6).
 
 Pure functions of PIL images / arrays. Two consumers:
 * the LLM's vision encoder (InternVL tiles of 448 px, or whole frames for video),

@@ -14,7 +14,7 @@ files, model.safetensors (sharded when large) — with random values:
 | 4b    | qwen2.5-vl  | Sa2VA-Qwen2_5-VL-3B: Qwen2.5-VL-3B (H=2048), SAM 2.0 Hiera-L at 1024 |
 
 The LLM shapes follow the base models' published configs (vocabulary = the base
-tokenizer's length + Sa2VA's 5 tokens). qwen3-vl has no 4b: the reference sheet
+tokenizer's length + Sa2VA's 5 tokens). qwen3-vl has no 4b: docs/sa2va-checkpoints.md §1
 gives only Sa2VA-Qwen3-VL-4B's LLM width (2560), not the layer, head and ViT shapes. The tokenizer, though, is a small BPE
 trained locally in milliseconds: the real vocabularies cannot be downloaded here,
 and speed does not depend on them. Nothing is instantiated in full: tensors are

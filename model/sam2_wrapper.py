@@ -2,7 +2,7 @@
 
 Sa2VA changes SAM-2 in one place: the mask head takes the projected [SEG] state
 as a third sparse prompt token, after the two "not-a-point" padding tokens that
-SAM-2 uses when no click is given (reference §6). Everything else — Hiera image
+SAM-2 uses when no click is given (docs/sa2va-checkpoints.md §6). Everything else — Hiera image
 encoder, memory attention, memory encoder, prompt encoder, mask decoder — is the
 package's own modules, loaded with the package's own parameter names.
 
@@ -129,7 +129,7 @@ class Sa2VASam2(SAM2Base):
 
 def build_sam2(spec: Sam2Spec) -> Sa2VASam2:
     """Instantiate SAM-2 from one of the package's YAML configs, with Sa2VA's settings
-    (reference §3): dynamic multimask via stability on, no mask binarisation for
+    (docs/sa2va-checkpoints.md §3): dynamic multimask via stability on, no mask binarisation for
     memory, no hole filling, masks never forced empty. Weights stay random."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf

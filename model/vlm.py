@@ -30,7 +30,7 @@ def _clean(d: Mapping[str, Any], *extra: str) -> dict[str, Any]:
 
 def internvl_vision_config(vc: Mapping[str, Any]):
     """InternViT's `vision_config` (model_type `intern_vit_6b`) → `InternVLVisionConfig`
-    (renames from transformers' `convert_internvl_weights_to_hf.py`, reference §7)."""
+    (renames from transformers' `convert_internvl_weights_to_hf.py`, docs/sa2va-checkpoints.md §7)."""
     from transformers import InternVLVisionConfig
 
     dropout = float(vc.get("attention_dropout", 0.0))

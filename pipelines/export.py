@@ -1,11 +1,11 @@
 """`refsav export`: Ref-SAV-compatible files from the output of `refsav annotate`.
 
 `refsav-json` writes the training JSON that Sa2VA's `refsav` loader reads
-(formats-sav.md §5): `{video_id: {video_path, anno_path, objects: {"<masklet column>":
+(docs/formats-sav.md §5): `{video_id: {video_path, anno_path, objects: {"<masklet column>":
 {formated, short_caps}}}}`, paths relative to the SA-V root as the rows record them
 (`provenance.input_files`: the mp4 first, then the SA-V annotation JSON(s)).
 
-`benchmark` writes a split in the Ref-SAV eval layout (formats-benchmarks.md §1c), which
+`benchmark` writes a split in the Ref-SAV eval layout (docs/formats-benchmarks.md §1c), which
 `refsav score --protocol refsav` reads:
 
     DIR/meta_expressions_valid.json   per video: frames, height, width, and per object one

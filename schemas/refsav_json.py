@@ -2,7 +2,7 @@
 
 `{video_id: {video_path, anno_path, objects: {"<index>": {formated, short_caps}}}}`
 where `<index>` is the column of the object in the SA-V masklet lists and the
-paths are relative to the SA-V root (formats-sav.md §5).
+paths are relative to the SA-V root (docs/formats-sav.md §5).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `meta_expressions*.json = {"videos": {video: {frames, expressions: {exp_id: {exp,
 obj_id, anno_id, type_id}}, height, width}}}` and `mask_dict.json = {anno_id:
-[RLE or null per frame]}`; see shared/reference/formats-benchmarks.md §1.
+[RLE or null per frame]}`; see docs/formats-benchmarks.md §1.
 """
 from __future__ import annotations
 

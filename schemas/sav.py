@@ -1,6 +1,6 @@
 """SA-V per-video annotation JSON (`<id>_manual.json` / `<id>_auto.json`).
 
-The exact layout is in shared/reference/formats-sav.md §2. SA-V stores several
+The exact layout is in docs/formats-sav.md §2. SA-V stores several
 integer fields as floats (`video_frame_count: 483.0`); we accept both and write
 what SA-V writes so that its own tools read our files.
 """

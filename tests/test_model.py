@@ -149,7 +149,7 @@ def test_internlm2_llm_names_round_trip():
 
 
 def test_sa2va_1b_released_layout_and_shapes():
-    """Key names and shapes of a Sa2VA-1B checkpoint (reference §3), from a meta-device skeleton."""
+    """Key names and shapes of a Sa2VA-1B checkpoint (docs/sa2va-checkpoints.md §3), from a meta-device skeleton."""
     from refsav.model.random_init import CHAT_TOKENS, internvl_config, train_tokenizer
     from refsav.model.config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS
 
