@@ -174,8 +174,8 @@ def qwen3_vl_config(size: str, token_ids: dict[str, int]) -> dict[str, Any]:
     """A released-style Sa2VA-Qwen3-VL config.json (tiny only, see the module docstring)."""
     if size != "tiny":
         raise RefsavError(
-            f"no Qwen3-VL shapes for size {size!r}: only tiny (the reference sheet lacks Sa2VA-Qwen3-VL-4B's "
-            "layer, head and ViT shapes)",
+            f"no Qwen3-VL shapes for size {size!r}: only tiny (Sa2VA-Qwen3-VL-4B's layer, head and ViT "
+            "shapes are not documented; see docs/sa2va-checkpoints.md §1)",
             field="size",
         )
     # Released Qwen3-VL configs carry the ViT's model_type as "qwen3_vl" and the text RoPE
