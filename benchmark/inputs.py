@@ -32,7 +32,7 @@ from refsav.schemas.predictions import VideoPrediction
 from refsav.schemas.refvos import RefExpression, RefVideo, read_mask_dict, read_meta_expressions
 from refsav.schemas.rle import Rle
 
-from .metrics import RunMasks, counts_cover
+from .metrics import RunMasks
 
 DEFAULT_MAX_UNZIPPED = 8 << 30  # bytes; a zip bomb stops here
 
@@ -177,7 +177,7 @@ def rles_from_json(items: list) -> list[Rle | SchemaError]:
         if p is not None:
             plain_at.append(i)
             plain.append(p)
-    good = counts_cover([c for _, _, c in plain], [h * w for h, w, _ in plain]) if plain else np.zeros(0, bool)
+    good = rle_ops.counts_cover([c for _, _, c in plain], [h * w for h, w, _ in plain]) if plain else np.zeros(0, bool)
     for i, (h, w, counts), fine in zip(plain_at, plain, good.tolist()):
         if fine:
             out[i] = Rle((h, w), counts)
