@@ -46,7 +46,7 @@ from refsav.schemas.errors import SchemaError
 from refsav.schemas.io import read_json
 from refsav.schemas.rle import Rle
 
-from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
+from .files import DEFAULT_MAX_UNZIPPED, ReadOnlyFiles
 from .metrics import (
     LISA_CIOU_EPS,
     LISA_IOU_EPS,
@@ -58,7 +58,7 @@ from .metrics import (
     precision_at,
     sample_iou,
 )
-from .report import ScoreReport
+from .report import Issue, ScoreReport
 
 __all__ = [
     "ImageProtocol",
