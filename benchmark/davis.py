@@ -66,9 +66,9 @@ import numpy as np
 from refsav.runtime.executor import make_executor, results_in_order
 from refsav.schemas.errors import SchemaError
 
-from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
+from .files import DEFAULT_MAX_UNZIPPED, ReadOnlyFiles
 from .metrics import db_statistics, f_per_frame, j_per_frame
-from .report import ScoreReport
+from .report import Issue, ScoreReport
 
 __all__ = [
     "DavisProtocol",

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import posixpath
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -32,19 +31,9 @@ from refsav.schemas.predictions import VideoPrediction
 from refsav.schemas.refvos import RefExpression, RefVideo, find_meta, read_mask_dict, read_meta_expressions
 from refsav.schemas.rle import Rle
 
-from .metrics import RunMasks, counts_cover
-
-DEFAULT_MAX_UNZIPPED = 8 << 30  # bytes; a zip bomb stops here
-
-
-@dataclass(frozen=True)
-class Issue:
-    kind: str  # missing_video, missing_expression, missing_frame, extra_*, wrong_size, non_binary, corrupt_file, unsafe_entry, ...
-    where: str  # "<video>/<exp_id>[/<frame>]" or a file name
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.where}: {self.message}"
+from .files import DEFAULT_MAX_UNZIPPED, ReadOnlyFiles
+from .metrics import RunMasks
+from .report import Issue
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -177,7 +166,7 @@ def rles_from_json(items: list) -> list[Rle | SchemaError]:
         if p is not None:
             plain_at.append(i)
             plain.append(p)
-    good = counts_cover([c for _, _, c in plain], [h * w for h, w, _ in plain]) if plain else np.zeros(0, bool)
+    good = rle_ops.counts_cover([c for _, _, c in plain], [h * w for h, w, _ in plain]) if plain else np.zeros(0, bool)
     for i, (h, w, counts), fine in zip(plain_at, plain, good.tolist()):
         if fine:
             out[i] = Rle((h, w), counts)
@@ -229,56 +218,6 @@ def _read_mask_dict(path: Path) -> MaskDict:
     if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
         read_mask_dict(path)  # raises the reference error
     return MaskDict({str(k): v for k, v in obj.items()}, path)
-
-
-# --------------------------------------------------------------------------- file access
-
-
-class ReadOnlyFiles:
-    """Read-only access to a folder or a zip by relative POSIX path."""
-
-    def __init__(self, root: Path, max_unzipped: int = DEFAULT_MAX_UNZIPPED):
-        self.root = root
-        self.issues: list[Issue] = []
-        self._zip: zipfile.ZipFile | None = None
-        self._names: dict[str, str] = {}  # normalised relative path -> real name
-        if root.is_dir():
-            for p in root.rglob("*"):
-                if p.is_file():
-                    rel = p.relative_to(root).as_posix()
-                    self._names[rel] = rel
-            return
-        try:
-            self._zip = zipfile.ZipFile(root)
-            infos = self._zip.infolist()
-        except (zipfile.BadZipFile, OSError) as err:
-            raise SchemaError(f"not a readable zip file ({err})", file=root) from None
-        total = 0
-        for info in infos:
-            if info.is_dir():
-                continue
-            name = info.filename.replace("\\", "/")
-            norm = posixpath.normpath(name)
-            escapes = norm == ".." or norm.startswith("../") or "/../" in f"/{name}/"
-            if name.startswith("/") or escapes or (len(name) > 1 and name[1] == ":"):
-                self.issues.append(Issue("unsafe_entry", info.filename, "absolute or '..' path in zip; entry ignored"))
-                continue
-            total += info.file_size
-            self._names[norm] = info.filename
-        if total > max_unzipped:
-            raise SchemaError(f"zip would decompress to {total} bytes, over the limit of {max_unzipped}", file=root)
-
-    def names(self) -> list[str]:
-        return sorted(self._names)
-
-    def read(self, rel: str) -> bytes:
-        real = self._names[rel]
-        if self._zip is not None:
-            return self._zip.read(real)
-        return (self.root / real).read_bytes()
-
-    def local_path(self, rel: str) -> Path | None:
-        return None if self._zip is not None else self.root / self._names[rel]
 
 
 
@@ -535,8 +474,3 @@ def submission_sha256(path: str | os.PathLike) -> str:
         digest.update(hashlib.sha256(p.read_bytes()).digest())
     return digest.hexdigest()
 
-
-def iter_expressions(gt: RefVosGroundTruth) -> Iterator[tuple[RefVideo, RefExpression]]:
-    for video in gt.videos:
-        for exp in video.expressions:
-            yield video, exp

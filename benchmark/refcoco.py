@@ -37,7 +37,7 @@ from refsav.schemas.protocols import get_protocol
 from refsav.schemas.refer import ImageSample, RefCocoGroundTruth, load_ground_truth, refer_layout
 from refsav.schemas.rle import Rle
 
-from .inputs import DEFAULT_MAX_UNZIPPED, Issue, ReadOnlyFiles
+from .files import DEFAULT_MAX_UNZIPPED, ReadOnlyFiles
 from .metrics import (
     LISA_CIOU_EPS,
     LISA_IOU_EPS,
@@ -49,7 +49,7 @@ from .metrics import (
     precision_at,
     sample_iou,
 )
-from .report import ScoreReport
+from .report import Issue, ScoreReport
 
 __all__ = [
     "ImageProtocol",

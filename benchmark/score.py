@@ -27,10 +27,10 @@ import numpy as np
 from refsav.runtime.executor import make_executor
 from refsav.schemas.refvos import find_meta
 
-from .inputs import Issue, PredictionSet, RefVosGroundTruth, load_predictions
+from .inputs import PredictionSet, RefVosGroundTruth, load_predictions
 from .metrics import RunMasks, frame_scores
 from .protocols import VideoProtocol
-from .report import ScoreReport
+from .report import Issue, ScoreReport
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ write past its buffer on a corrupt string.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from pycocotools import mask as _coco
@@ -87,6 +87,18 @@ class Rle:
             )
 
 
+# --------------------------------------------------------------------------- decoding counts
+#
+# One decoder serves every caller: ``parse_counts`` reads many strings in one vectorised
+# pass (scorers decode a whole video's masks at once); ``run_lengths`` is that pass on
+# one string, and redoes a string the fast pass cannot vouch for with exact integers.
+
+#: A value of a counts string longer than this many characters is not decoded in int64:
+#: 11 characters carry 55 bits, far more than any run length needs.
+_MAX_VALUE_CHARS = 11
+_MAX_VALUE = 1 << 40  # |value| above this cannot be a run (or a delta) of a real mask
+
+
 def run_lengths(counts: str) -> list[int]:
     """Decode a compressed COCO counts string into run lengths.
 
@@ -94,26 +106,132 @@ def run_lengths(counts: str) -> list[int]:
     continues, 0x10 on the last char sign-extends; from the third run on, values
     are deltas to the run two places back.
     """
-    runs: list[int] = []
-    pos, n = 0, len(counts)
-    while pos < n:
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= n:
-                raise SchemaError("RLE counts string ends in the middle of a value", field="counts")
-            c = ord(counts[pos]) - 48
-            if c < 0 or c > 63:
-                raise SchemaError(f"RLE counts has an invalid character {counts[pos]!r}", field="counts")
-            value |= (c & 0x1F) << (5 * shift)
-            more = bool(c & 0x20)
-            pos += 1
-            shift += 1
-            if not more and (c & 0x10):
-                value |= -1 << (5 * shift)
-        if len(runs) > 2:
-            value += runs[-2]
-        runs.append(value)
-    return runs
+    runs, _, ok = parse_counts([counts])
+    if ok[0]:
+        return runs.tolist()
+    # Rare: a malformed string (raise), or values too large for int64 (decode them exactly).
+    for ch in counts:
+        if not 0 <= ord(ch) - 48 <= 63:
+            raise SchemaError(f"RLE counts has an invalid character {ch!r}", field="counts")
+    if (ord(counts[-1]) - 48) & 0x20:
+        raise SchemaError("RLE counts string ends in the middle of a value", field="counts")
+    runs, _, _ = _decode([counts], exact=True)
+    return runs.tolist()
+
+
+def parse_counts(counts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run lengths of many COCO compressed ``counts`` strings, decoded together.
+
+    Same arithmetic as pycocotools ``rleFrString`` (see ``run_lengths``), vectorised over
+    all characters of all strings.  Returns (runs int64, offsets (n + 1,), ok (n,) bool):
+    the runs of string i are ``runs[offsets[i]:offsets[i + 1]]``.  ``ok[i]`` is False
+    where this decoder cannot vouch for string i (a character outside '0'..'o', a
+    truncated last value, an over-long or huge value, non-ASCII text): its runs are then
+    meaningless and the caller must use ``run_lengths``.  Runs are not checked against a
+    size.
+    """
+    return _decode(counts, exact=False)
+
+
+def counts_cover(counts: Sequence[str], pixels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Bool per string: it decodes (fast path of ``parse_counts``) to non-negative runs
+    covering exactly ``pixels[i]`` = H*W pixels, i.e. ``Rle.check`` passes.
+
+    False means "not vouched for", not necessarily invalid: ask ``Rle.check`` then.
+    """
+    runs, offsets, ok = parse_counts(counts)
+    covered, negative = _coverage(runs, offsets)
+    return ok & (covered == np.asarray(pixels, dtype=np.int64)) & ~negative
+
+
+def checked_run_lengths(counts: Sequence[str], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run lengths of many counts strings of (height, width) masks, decoded together.
+
+    Returns (runs int64, offsets) as ``parse_counts`` does, every string read exactly;
+    raises ``Rle.check``'s SchemaError for the first string that fails it.
+    """
+    runs, offsets, ok = parse_counts(counts)
+    if not ok.all():  # rare: let the exact decoder read (or reject) those strings
+        parts = [runs[offsets[i] : offsets[i + 1]] if ok[i] else np.asarray(run_lengths(s), np.int64)
+                 for i, s in enumerate(counts)]
+        runs = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        offsets = np.concatenate(([0], np.cumsum([len(p) for p in parts]))).astype(np.int64)
+    covered, negative = _coverage(runs, offsets)
+    bad = np.flatnonzero((covered != height * width) | negative)
+    if bad.size:
+        Rle((height, width), counts[int(bad[0])]).check()  # raises the error of that string
+    return runs, offsets
+
+
+def _coverage(runs: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per string of ``parse_counts`` output: pixels covered (sum of runs), any negative run."""
+    total = np.concatenate(([0], np.cumsum(runs)))
+    which = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    negative = np.bincount(which[runs < 0], minlength=len(offsets) - 1) > 0
+    return total[offsets[1:]] - total[offsets[:-1]], negative
+
+
+def _decode(counts: Sequence[str], exact: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``parse_counts``; with ``exact``, values of any length in Python integers (object
+    arrays, slow) and nothing flagged for size: for the few strings int64 cannot hold."""
+    n = len(counts)
+    ok = np.ones(n, dtype=bool)
+    strings = list(counts)
+    for i, s in enumerate(strings):
+        if not s.isascii():
+            ok[i], strings[i] = False, ""
+    char_offsets = np.zeros(n + 1, np.int64)
+    np.cumsum([len(s) for s in strings], out=char_offsets[1:])
+    d = np.frombuffer("".join(strings).encode("ascii"), dtype=np.uint8) - np.uint8(48)  # wraps below '0'
+    if d.size == 0:
+        return np.zeros(0, np.int64), np.zeros(n + 1, np.int64), ok
+
+    def flag(char_positions: np.ndarray) -> None:
+        ok[np.searchsorted(char_offsets, char_positions, side="right") - 1] = False
+
+    flag(np.flatnonzero(d > 63))
+    more = d >= 32  # the continuation bit, for valid characters
+    last_char = char_offsets[1:][char_offsets[1:] > char_offsets[:-1]] - 1
+    flag(last_char[more[last_char]])  # the string ends inside a value
+    # A value ends at a character without the continuation bit, or at its string's end
+    # (so a truncated value never runs into the next string).
+    more[last_char] = False
+    ends = np.flatnonzero(~more)
+    nchars = np.diff(ends, prepend=-1)
+    digits = d & np.uint8(0x1F)
+    if exact:
+        digits = digits.astype(object)
+        longest = int(nchars.max())
+    else:
+        flag(ends[nchars > _MAX_VALUE_CHARS])
+        longest = min(int(nchars.max()), _MAX_VALUE_CHARS)
+    # Horner from the most significant (last) character, which carries the sign.
+    top = digits[ends].astype(object if exact else np.int64)
+    v = top - ((top & 0x10) << 1)
+    for j in range(1, longest):
+        sel = np.flatnonzero(nchars > j)
+        v[sel] = (v[sel] << 5) | digits[ends[sel] - j]
+    if not exact:
+        flag(ends[np.abs(v) > _MAX_VALUE])
+
+    offsets = np.searchsorted(ends, char_offsets)  # values ending before each string
+    nvals = np.diff(offsets)
+    first = np.repeat(offsets[:-1], nvals)  # index of the first value of each value's string
+    if not ok.all():
+        v[~ok[np.repeat(np.arange(n), nvals)]] = 0  # keep rejected strings out of the sums below
+    # runs[m] = v[m] + runs[m - 2] for m >= 3 (m: index within the string): running sums
+    # over every other value, restarted at every string.  With value 0 of each string
+    # zeroed, runs[g] = sums[g] - sums[the last index before the string of g's parity].
+    starts = offsets[:-1][nvals > 0]
+    w = v.copy()
+    w[starts] = 0
+    sums = np.empty_like(w)
+    np.cumsum(w[0::2], out=sums[0::2])
+    np.cumsum(w[1::2], out=sums[1::2])
+    before = first - 2 + ((np.arange(v.size) - first) & 1)
+    runs = sums - np.where(before >= 0, sums[np.maximum(before, 0)], 0)
+    runs[starts] = v[starts]
+    return runs, offsets, ok
 
 
 def encode(mask: np.ndarray) -> Rle:

@@ -15,6 +15,7 @@ import pytest
 from skimage.morphology import disk as sk_disk
 
 from refsav.benchmark import metrics, oracle
+from refsav.benchmark.metrics import boundary, run_masks
 from refsav.schemas import SchemaError
 from refsav.schemas import rle as rle_ops
 
@@ -164,7 +165,7 @@ def test_disk_footprint_equals_skimage(r):
 def test_disk_rectangles_cover_exactly_the_disk():
     for r in range(0, 41):
         cover = np.zeros((2 * r + 1, 2 * r + 1), bool)
-        for a, b in metrics._disk_rectangles(r):
+        for a, b in boundary._disk_rectangles(r):
             cover[r - a : r + a + 1, r - b : r + b + 1] = True
         np.testing.assert_array_equal(cover, sk_disk(r).astype(bool))
 
@@ -507,17 +508,33 @@ def test_parse_counts_matches_the_reference_decoder():
     # Long runs (multi-character values), negative deltas (sign extension), a full mask.
     strings += [coco_counts([0, 2_000_000, 5, 1_000_000, 3]), coco_counts([7, 1, 900, 2, 3, 40_000]),
                 counts_of(np.ones((37, 41), bool)), counts_of(np.zeros((1080, 1920), bool)), ""]
-    runs, offsets, ok = metrics.parse_counts(strings)
+    runs, offsets, ok = rle_ops.parse_counts(strings)
     assert ok.all() and len(offsets) == len(strings) + 1
     for i, s in enumerate(strings):
         assert runs[offsets[i] : offsets[i + 1]].tolist() == rle_ops.run_lengths(s), s
     # What the fast decoder will not vouch for is flagged, not silently mis-read, and
     # does not disturb its neighbours.
     bad = ["0" + chr(0x2F), "1P", "1" + "o" * 12 + "0", "1é2", "\x7f"]
-    runs, offsets, ok = metrics.parse_counts([strings[0]] + bad + [strings[1]])
+    runs, offsets, ok = rle_ops.parse_counts([strings[0]] + bad + [strings[1]])
     assert ok.tolist() == [True] + [False] * len(bad) + [True]
     assert runs[offsets[0] : offsets[1]].tolist() == rle_ops.run_lengths(strings[0])
     assert runs[offsets[-2] : offsets[-1]].tolist() == rle_ops.run_lengths(strings[1])
+
+
+def test_run_lengths_reads_any_value_exactly_and_names_the_first_fault():
+    rng = np.random.default_rng(23)
+    for _ in range(200):
+        runs = [int(v) for v in rng.integers(0, 5000, rng.integers(0, 12))]
+        assert rle_ops.run_lengths(coco_counts(runs)) == runs
+    # Values int64 cannot hold (corrupt data) are still read exactly.
+    for runs in ([3, 1 << 70, 2], [0, 5, -(1 << 65), 7, 1 << 100], [1 << 41]):
+        assert rle_ops.run_lengths(coco_counts(runs)) == runs
+    with pytest.raises(SchemaError, match="invalid character ' '"):
+        rle_ops.run_lengths("1" + "o" * 12 + " 0")  # the first fault wins over a later truncation
+    with pytest.raises(SchemaError, match="invalid character 'é'"):
+        rle_ops.run_lengths("12é")
+    with pytest.raises(SchemaError, match="ends in the middle of a value"):
+        rle_ops.run_lengths("1P")
 
 
 def test_runmasks_round_trips_and_set_operations():
@@ -666,7 +683,7 @@ def test_frame_scores_parity_realistic_stacks_and_far_apart_masks():
 def test_stacked_boundary_counts_equal_boundary_counts(monkeypatch):
     """The batched F path against the per-frame one, on frames frame_scores would send
     either way (far-apart masks included), across batch boundaries."""
-    monkeypatch.setattr(metrics, "_BATCH_PIXELS", 3000)  # many small batches
+    monkeypatch.setattr(run_masks, "_BATCH_PIXELS", 3000)  # many small batches
     rng = np.random.default_rng(35)
     h, w = 50, 70
     preds, gts = [], []
@@ -684,7 +701,7 @@ def test_stacked_boundary_counts_equal_boundary_counts(monkeypatch):
                       np.maximum(np.minimum(bp[:, 2], bg[:, 2]) - 1, 0), np.minimum(np.maximum(bp[:, 3], bg[:, 3]) + 1, w - 1)], 1)
     frames = np.arange(len(pred))
     for r in (0, 1, 2, 5, 9):
-        got = metrics._stacked_boundary_counts(rp, rg, frames, boxes, r)
+        got = run_masks._stacked_boundary_counts(rp, rg, frames, boxes, r)
         for t in frames:
             assert tuple(got[t]) == metrics.boundary_counts(pred[t], gt[t], r), (t, r)
 
