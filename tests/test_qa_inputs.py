@@ -78,7 +78,7 @@ def test_protocol_registry():
     for proto in QA_PROTOCOLS.values():
         assert proto.source and proto.description
     assert QA_PROTOCOLS["mmbench"].circular and not QA_PROTOCOLS["mcq"].circular
-    assert QA_PROTOCOLS["mme"].primary_metric == "score"
+    assert QA_PROTOCOLS["mme"].kind == "mme" and QA_PROTOCOLS["mcq"].kind == "mcq"  # primary metrics: tests/test_protocols.py
     with pytest.raises(SchemaError, match="mcq, mmbench, mme"):
         score_qa("x.tsv", "y.jsonl", "vqa")
 

@@ -14,7 +14,6 @@ class QAProtocol:
     description: str
     kind: Literal["mcq", "mme"]
     circular: bool = False
-    primary_metric: str = "accuracy"
 
 
 QA_PROTOCOLS: dict[str, QAProtocol] = {
@@ -44,7 +43,6 @@ QA_PROTOCOLS: dict[str, QAProtocol] = {
             "100*acc + 100*acc+ (both questions of an image right), max 200; score = perception "
             "(10 categories, max 2000) + cognition (4 categories, max 800), NaN unless all 14 are present.",
             kind="mme",
-            primary_metric="score",
         ),
     ]
 }

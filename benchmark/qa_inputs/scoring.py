@@ -7,6 +7,7 @@ import os
 from collections import defaultdict
 
 from refsav.schemas.errors import SchemaError
+from refsav.schemas.protocols import get_protocol
 
 from ..qa import CIRCULAR_STRIDE, NO_SPLIT, Accuracy, Judge, MCQRecord, MMERecord, score_mcq, score_mme
 from ..report import Issue, ScoreReport
@@ -137,7 +138,7 @@ def _score_mcq_report(
         for name, acc in score.per_split.items():
             subsets[f"split:{name}"] = values(acc, f"split:{name}")
     issues = list(preds.issues) + coverage
-    return ScoreReport(protocol.name, protocol.primary_metric, values(score.overall, None), subsets, items, issues, "questions")
+    return ScoreReport(protocol.name, get_protocol(protocol.name).primary_metric, values(score.overall, None), subsets, items, issues, "questions")
 
 
 def _subset_keys(q: MCQQuestion) -> list[str]:
@@ -208,4 +209,4 @@ def _score_mme_report(
         for name, c in score.per_category.items()
     }
     issues = list(preds.issues) + coverage
-    return ScoreReport(protocol.name, protocol.primary_metric, totals, subsets, items, issues, "questions")
+    return ScoreReport(protocol.name, get_protocol(protocol.name).primary_metric, totals, subsets, items, issues, "questions")
