@@ -49,16 +49,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perf.readme import update_section  # noqa: E402
+from refsav.pipelines.annotate.config import AnnotateConfig  # noqa: E402
+from refsav.pipelines.sample import CHUNK, SampleConfig, write_sample  # noqa: E402
 from refsav.pipelines.visual.canvas import full_view_keys, scale_frames, view_canvases  # noqa: E402
 from refsav.pipelines.visual.highlight import highlight, pick_colour  # noqa: E402
 from refsav.pipelines.visual.plan import plan_video  # noqa: E402
 from refsav.pipelines.visual.selection import NotVisible, ViewSelection, select_views  # noqa: E402
 from refsav.pipelines.visual.style import MODES, HighlightStyle  # noqa: E402
 from refsav.pipelines.visual.views import ObjectViews, build_video_views, view_image  # noqa: E402
-from refsav.schemas.media import decode_frames  # noqa: E402
-from refsav.pipelines.annotate.config import AnnotateConfig  # noqa: E402
-from refsav.pipelines.sample import CHUNK, SampleConfig, write_sample  # noqa: E402
 from refsav.schemas.io import atomic_write_json  # noqa: E402
+from refsav.schemas.media import decode_frames, probe_video  # noqa: E402
 from refsav.schemas.sav import read_sav_json  # noqa: E402
 
 PHASES = ("decode", "select", "crop", "highlight", "encode")
@@ -205,20 +205,14 @@ def sweep_table(points: list[SweepPoint]) -> list[str]:
 
 
 def codec_floor_ms(path: str) -> float:
-    """CPU ms for FFmpeg alone to decode the file's reference frames, one thread, nothing
-    converted: what any reader must spend to reach the last frame (our plans stop at the
-    last annotated frame, a little earlier, but also decode the non-reference frames
-    they want)."""
-    import av
-
-    with av.open(path, options={"threads": "1"}) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        stream.codec_context.skip_frame = "NONREF"
-        t = time.process_time()
-        for _ in container.decode(stream):
-            pass
-        return 1000 * (time.process_time() - t)
+    """CPU ms to decode just the last frame, one thread, nothing converted (YUV planes
+    kept): the decoder then decodes only the reference frames before it, which is what
+    any reader must spend to reach the last frame (our plans stop at the last annotated
+    frame, a little earlier, but also decode the non-reference frames they want)."""
+    last = probe_video(path).num_frames - 1
+    t = time.process_time()
+    decode_frames(path, [last], yuv=True)
+    return 1000 * (time.process_time() - t)
 
 
 def main(argv: list[str] | None = None) -> int:
