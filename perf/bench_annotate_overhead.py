@@ -2,7 +2,7 @@
 
 Workload: a synthetic SA-V sample (pipelines/sample.py) of 1920x1080 H.264 videos with
 several objects each, written to a temporary folder. For every video the visual side of
-annotating runs as `refsav.pipelines.visual.build_video_views` does it (the script checks the
+annotating runs as `refsav.pipelines.visual.views.build_video_views` does it (the script checks the
 bytes are the same), phase by phase:
 
   decode     plan the frames from the RLEs, decode them once for the whole video
@@ -49,10 +49,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perf.readme import update_section  # noqa: E402
-from refsav.pipelines import visual  # noqa: E402
 from refsav.pipelines.annotate.config import AnnotateConfig  # noqa: E402
 from refsav.pipelines.sample import CHUNK, SampleConfig, write_sample  # noqa: E402
+from refsav.pipelines.visual.canvas import full_view_keys, scale_frames, view_canvases  # noqa: E402
+from refsav.pipelines.visual.highlight import highlight, pick_colour  # noqa: E402
+from refsav.pipelines.visual.plan import plan_video  # noqa: E402
+from refsav.pipelines.visual.selection import NotVisible, ViewSelection, select_views  # noqa: E402
+from refsav.pipelines.visual.style import MODES, HighlightStyle  # noqa: E402
+from refsav.pipelines.visual.views import ObjectViews, build_video_views, view_image  # noqa: E402
 from refsav.schemas.io import atomic_write_json  # noqa: E402
+from refsav.schemas.media import decode_frames, probe_video  # noqa: E402
 from refsav.schemas.sav import read_sav_json  # noqa: E402
 
 PHASES = ("decode", "select", "crop", "highlight", "encode")
@@ -85,53 +91,53 @@ class _Phases:
         self.wall[phase] += time.perf_counter() - self._start[1]
 
 
-def time_video(annotation, style: visual.HighlightStyle, k: int, n: int) -> tuple[VideoTiming, list]:
+def time_video(annotation, style: HighlightStyle, k: int, n: int) -> tuple[VideoTiming, list]:
     p = _Phases()
 
     p.start()
-    plan = visual.plan_video(annotation, k, n)
+    plan = plan_video(annotation, k, n)
     p.stop("select")  # planning is RLE statistics, the same work as selecting
 
     p.start()
-    frames = visual.decode_frames(annotation.video.path, plan.frames, yuv=True)
+    frames = decode_frames(annotation.video.path, plan.frames, yuv=True)
     p.stop("decode")
 
     p.start()
-    selections = [visual.select_views(m, frames, k, n) for m in annotation.masklets]
+    selections = [select_views(m, frames, k, n) for m in annotation.masklets]
     p.stop("select")
 
     p.start()
-    keys = set().union(*(visual.full_view_keys(x, style) for x in selections if isinstance(x, visual.ViewSelection)))
-    scaled = visual.scale_frames(frames, keys)
+    keys = set().union(*(full_view_keys(x, style) for x in selections if isinstance(x, ViewSelection)))
+    scaled = scale_frames(frames, keys)
     p.stop("crop")
 
     results, images = [], 0
     for m, sel in zip(annotation.masklets, selections):
-        if isinstance(sel, visual.NotVisible):
+        if isinstance(sel, NotVisible):
             results.append(sel)
             continue
         p.start()
-        canvases = visual.view_canvases(m, frames, sel, style, scaled)
+        canvases = view_canvases(m, frames, sel, style, scaled)
         p.stop("crop")
 
         p.start()
-        colour = visual.pick_colour(canvases.scene_view, style)
+        colour = pick_colour(canvases.scene_view, style)
         drawn = [
-            (c, visual.highlight(c, style, colour))
+            (c, highlight(c, style, colour))
             for c in (*canvases.object_views, canvases.scene_view, *canvases.video_views)
         ]
         p.stop("highlight")
 
         p.start()
-        views = [visual.view_image(c, img, style.jpeg_quality) for c, img in drawn]
+        views = [view_image(c, img, style.jpeg_quality) for c, img in drawn]
         p.stop("encode")
 
         nk = len(canvases.object_views)
         results.append(
-            visual.ObjectViews(m.video_id, m.object_id, style.mode, colour, tuple(views[:nk]), views[nk], tuple(views[nk + 1 :]))
+            ObjectViews(m.video_id, m.object_id, style.mode, colour, tuple(views[:nk]), views[nk], tuple(views[nk + 1 :]))
         )
         images += len(views)
-    visible = sum(isinstance(r, visual.ObjectViews) for r in results)
+    visible = sum(isinstance(r, ObjectViews) for r in results)
     return VideoTiming(annotation.video.video_id, visible, len(plan.frames), images, p.cpu, p.wall), results
 
 
@@ -159,7 +165,7 @@ class SweepPoint:
         return self.decode_ms_per_object + self.rest_ms_per_object
 
 
-def sweep(tmp: Path, width: int, height: int, style: visual.HighlightStyle, k: int, n: int, repeats: int,
+def sweep(tmp: Path, width: int, height: int, style: HighlightStyle, k: int, n: int, repeats: int,
           videos: int = 2) -> list[SweepPoint]:
     """Per-object cost against clip length and objects per video. Each clip is generated
     once with the most objects; fewer objects per video are its first m masklets, so the
@@ -199,20 +205,14 @@ def sweep_table(points: list[SweepPoint]) -> list[str]:
 
 
 def codec_floor_ms(path: str) -> float:
-    """CPU ms for FFmpeg alone to decode the file's reference frames, one thread, nothing
-    converted: what any reader must spend to reach the last frame (our plans stop at the
-    last annotated frame, a little earlier, but also decode the non-reference frames
-    they want)."""
-    import av
-
-    with av.open(path, options={"threads": "1"}) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        stream.codec_context.skip_frame = "NONREF"
-        t = time.process_time()
-        for _ in container.decode(stream):
-            pass
-        return 1000 * (time.process_time() - t)
+    """CPU ms to decode just the last frame, one thread, nothing converted (YUV planes
+    kept): the decoder then decodes only the reference frames before it, which is what
+    any reader must spend to reach the last frame (our plans stop at the last annotated
+    frame, a little earlier, but also decode the non-reference frames they want)."""
+    last = probe_video(path).num_frames - 1
+    t = time.process_time()
+    decode_frames(path, [last], yuv=True)
+    return 1000 * (time.process_time() - t)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,9 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--k", type=int, default=AnnotateConfig.object_frames, help="stage-1 crops per object (the pipeline's default)")
     ap.add_argument("--n", type=int, default=8, help="stage-3 frames per object")
-    ap.add_argument("--mode", default="contour", choices=visual.MODES)
-    ap.add_argument("--video-max-side", type=int, default=visual.HighlightStyle.video_max_side)
-    ap.add_argument("--compare-decord", action="store_true", help="also time refsav.schemas.media.read_frames (decord)")
+    ap.add_argument("--mode", default="contour", choices=MODES)
+    ap.add_argument("--video-max-side", type=int, default=HighlightStyle.video_max_side)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 video, 640x360, 1 repeat")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false",
                     help="skip the sweep over clip length and objects per video")
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         args.videos, args.size, args.frames, args.repeats, args.objects = 1, "640x360", 24, 1, 3
         args.sweep = False
     width, height = (int(v) for v in args.size.split("x"))
-    style = visual.HighlightStyle(mode=args.mode, video_max_side=args.video_max_side)
+    style = HighlightStyle(mode=args.mode, video_max_side=args.video_max_side)
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="bench_annotate_") as tmp:
@@ -257,25 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                 for ph in PHASES:
                     cpu.setdefault(vid, {}).setdefault(ph, []).append(timing.cpu[ph])
                     wall.setdefault(vid, {}).setdefault(ph, []).append(timing.wall[ph])
-                if rep == 0 and visual.build_video_views(ann, style, k=args.k, n_video_frames=args.n) != results:
+                if rep == 0 and build_video_views(ann, style, k=args.k, n_video_frames=args.n) != results:
                     raise SystemExit(f"{vid}: the timed phases differ from build_video_views' output")
 
         floor_ms = statistics.mean(
             statistics.median(codec_floor_ms(a.video.path) for _ in range(args.repeats)) for a in annotations
         )
         points = sweep(Path(tmp), width, height, style, args.k, args.n, max(1, args.repeats - 2)) if args.sweep else []
-
-        decord_ms = pyav_ms = None
-        if args.compare_decord:
-            plan = visual.plan_video(annotations[0], args.k, args.n)
-            times: dict[str, list[float]] = {"media": [], "pyav": []}
-            for _ in range(args.repeats):
-                for backend in times:  # both give RGB arrays here, for a like-for-like comparison
-                    t = time.process_time()
-                    visual.decode_frames(annotations[0].video.path, plan.frames, backend=backend)
-                    times[backend].append(time.process_time() - t)
-            decord_ms = 1000 * statistics.median(times["media"])
-            pyav_ms = 1000 * statistics.median(times["pyav"])
 
     objects = sum(m.objects for m in meta.values())
     images = sum(m.images for m in meta.values())
@@ -325,11 +312,6 @@ def main(argv: list[str] | None = None) -> int:
         emit("")
         for line in sweep_table(points):
             emit(line)
-    if decord_ms is not None:
-        emit(
-            f"\nRGB decode of the same frames, first video, CPU ms: refsav.schemas.media.read_frames (decord) {decord_ms:.0f}, "
-            f"decode_frames (PyAV, non-reference frames skipped) {pyav_ms:.0f}"
-        )
     verdict = "met" if total <= TARGET_MS else "MISSED"
     if (width, height) != (1920, 1080):
         verdict = f"not judged: the target is for 1920x1080, this ran {width}x{height}"
@@ -386,8 +368,6 @@ def main(argv: list[str] | None = None) -> int:
                 "codec_floor_cpu_ms_per_video": floor_ms,
                 "requests_per_object": REQUESTS_PER_OBJECT,
                 "sweep": [{**asdict(pt), "total_ms_per_object": pt.total_ms_per_object} for pt in points],
-                "rgb_decode_cpu_ms_decord": decord_ms,
-                "rgb_decode_cpu_ms_pyav": pyav_ms,
                 "target_ms_per_object": TARGET_MS,
                 "target_met": total <= TARGET_MS if (width, height) == (1920, 1080) else None,
             },

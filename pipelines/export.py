@@ -37,8 +37,8 @@ import math
 import os
 import shutil
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -54,8 +54,9 @@ from refsav.schemas.refvos import RefExpression, RefVideo, write_mask_dict, writ
 from refsav.schemas.rle import Rle
 from refsav.schemas.video import Masklet
 
+from refsav.runtime.executor import make_executor, results_in_order
 from refsav.runtime.progress import progress_bar
-from .visual import write_jpeg
+from .visual.jpeg import write_jpeg
 from .publish import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, AnnotatedRun, SplitRule, load_annotated, rows_of_split
 
 MOTION_BUCKETS = ("static", "slow", "fast")
@@ -351,17 +352,10 @@ def write_video(job: VideoJob, out_dir: str, jpeg_quality: int, chunk: int = 8) 
     return WrittenVideo(job.video_id, names, h, w, masks)
 
 
-def _run_jobs(fn: Callable[..., T], jobs: Sequence[VideoJob], workers: int, label: str, show: bool, *args) -> Iterator[T]:
-    with progress_bar(label, total=len(jobs), enabled=show) as advance:
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                yield fn(job, *args)
-                advance()
-            return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(fn, jobs, *([a] * len(jobs) for a in args)):
-                yield result
-                advance()
+def _run_jobs(fn: Callable[[VideoJob], T], jobs: Sequence[VideoJob], workers: int, label: str, show: bool) -> Iterator[T]:
+    with progress_bar(label, total=len(jobs), enabled=show) as advance, \
+            make_executor(workers if len(jobs) > 1 else 1, local="processes") as executor:
+        yield from results_in_order(executor, fn, jobs, advance)
 
 
 # --------------------------------------------------------------------------- benchmark export
@@ -434,8 +428,8 @@ def export_benchmark(
     chosen = select_balanced(measured_pool, select, seed)
 
     _prepare_out_dir(out_dir, overwrite)
-    written = {w.video_id: w for w in _run_jobs(write_video, jobs_for(chosen), workers, "writing frames", show_progress,
-                                                 str(out_dir), jpeg_quality)}
+    written = {w.video_id: w for w in _run_jobs(partial(write_video, out_dir=str(out_dir), jpeg_quality=jpeg_quality),
+                                                 jobs_for(chosen), workers, "writing frames", show_progress)}
     videos, mask_dict, selection = [], {}, []
     anno_id = 0
     for vid in sorted(written):

@@ -13,8 +13,8 @@ Layout of OUT (mirrors where the real files live, so every reader is exercised):
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -29,9 +29,10 @@ from refsav.schemas.sav import SavAnnotation, write_sav_json
 from refsav.schemas.video import SAV_STRIDE
 from refsav.schemas.version import __version__
 
+from refsav.runtime.executor import make_executor, results_in_order
 from refsav.runtime.progress import progress_bar
 from .synthetic import make_video, write_mp4
-from .visual import write_jpeg
+from .visual.jpeg import write_jpeg
 
 CHUNK = "sav_train/sav_000"
 EVAL = "ref_sav_eval"
@@ -114,19 +115,11 @@ def write_sample(out: str | os.PathLike, cfg: SampleConfig, workers: int = 1, sh
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ids = video_ids(cfg)
-    with progress_bar("rendering videos", total=len(ids), enabled=show_progress) as advance:
-        if workers <= 1:
-            results = []
-            for vid in ids:
-                results.append(_render_one(out, vid, cfg))
-                advance()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_render_one, out, vid, cfg) for vid in ids]
-                results = []
-                for fut in futures:
-                    results.append(fut.result())
-                    advance()
+    render = partial(_render_one, out, cfg=cfg)
+    with progress_bar("rendering videos", total=len(ids), enabled=show_progress) as advance, \
+            make_executor(workers, local="processes") as executor:
+        # In the order of `ids`, whichever video finishes first: the split files list them so.
+        results = list(results_in_order(executor, render, ids, advance))
     _write_split_files(out, cfg, results)
     return ids
 

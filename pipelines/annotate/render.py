@@ -8,7 +8,9 @@ from __future__ import annotations
 from refsav.schemas.expression import FileHash
 from refsav.schemas.sav import SavAnnotation
 
-from ..visual import HighlightStyle, NotVisible, build_video_views
+from ..visual.selection import NotVisible
+from ..visual.style import HighlightStyle
+from ..visual.views import build_video_views
 from .config import AnnotateConfig
 from .stages import Dropped, ObjectContext
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from refsav.schemas.expression import Consistency, Expression, FileHash, Provenance
 
-from ..visual import ObjectViews
+from ..visual.views import ObjectViews
 from ..vlm.base import GenerationConfig, VLMBackend, VLMError, VLMRequest, VLMResponse
 from .config import AnnotateConfig
 from .prompts import PromptSet
