@@ -4,7 +4,7 @@ Realistic random masks at 1280x720 and 1920x1080: smooth blobs from a few hundre
 to ~10% of the frame, predictions derived from the GT (shifted, dilated/eroded, noisy
 edges, partly missed, spurious blob), plus frames where one or both masks are empty.
 
-    PYTHONPATH=/work/shared/sandbox .venv/bin/python perf/bench_metrics_micro.py [--frames N]
+    .venv/bin/python perf/bench_metrics_micro.py [--frames N]
 
 Prints ms per frame for each mask category and for the mix, and the speedup; also
 checks that every production value equals the oracle's (|delta| <= 1e-9).
