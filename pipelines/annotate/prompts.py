@@ -50,17 +50,17 @@ class PromptTemplate:
 class PromptSet:
     """The template of each stage that has one, by stage name, in stage order."""
 
-    templates: tuple[tuple[str, PromptTemplate], ...]
+    templates: dict[str, PromptTemplate]
 
     def __getitem__(self, stage: str) -> PromptTemplate:
-        return dict(self.templates)[stage]
+        return self.templates[stage]
 
     def get(self, stage: str) -> PromptTemplate | None:
-        return dict(self.templates).get(stage)
+        return self.templates.get(stage)
 
     @property
     def refs(self) -> list[PromptRef]:
-        return [t.ref for _, t in self.templates]
+        return [t.ref for t in self.templates.values()]
 
 
 def load_prompts(directory: str | Path | None = None, stages: Sequence[str] = DEFAULT_STAGES) -> PromptSet:
@@ -94,4 +94,4 @@ def load_prompts(directory: str | Path | None = None, stages: Sequence[str] = DE
         if unknown:
             raise SchemaError(f"unknown placeholder(s) {', '.join(sorted(unknown))}; allowed: "
                               f"{', '.join(sorted(stage.fields))}", file=t.path)
-    return PromptSet(tuple((s.name, newest[s.template]) for s in wanted))
+    return PromptSet({s.name: newest[s.template] for s in wanted})
