@@ -76,6 +76,10 @@ def test_a_registered_stage_runs_and_its_answer_is_in_the_rows(sav, tmp_path):
         assert e.provenance.stages == list(stages)
         assert [r.template_id for r in e.provenance.prompts] == [
             "object/v1", "check/v1", "scene/v1", "video/v1", "merge/v1", "toy/v1"]
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "data"))["train"]
+    assert sorted(Expression.from_row(r).extra_answers["toy"] for r in ds) == sorted(e.extra_answers["toy"] for e in rows)
     plan = (tmp_path / "out" / "plan.json").read_text()
     assert '"toy"' in plan and '"toy/v1"' in plan
 
@@ -185,3 +189,20 @@ def test_a_locked_folder_is_a_refsav_error_not_a_schema_error(sav, tmp_path):
         with pytest.raises(RefsavError, match="another refsav annotate run") as caught:
             annotate(sav, out, config, executor, show_progress=False)
     assert not isinstance(caught.value, SchemaError)
+
+
+def test_rows_written_before_stage_lists_still_read(tmp_path):
+    """Parquet from before provenance.stages and extra_answers: both read as empty."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    describer = Scripted("d", ["Description: a red ball", "on the left", "rolls left", MERGED])
+    row = run_scripted(tuple(s for s in DEFAULT_STAGES if s != "check"), describer, describer).to_row()
+    del row["extra_answers"], row["provenance"]["stages"]
+    old_schema = pa.schema([f for f in Expression.ARROW_SCHEMA if f.name != "extra_answers"])
+    provenance = old_schema.field("provenance").type
+    old_schema = old_schema.set(old_schema.get_field_index("provenance"), pa.field(
+        "provenance", pa.struct([f for f in provenance if f.name != "stages"])))
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), tmp_path / "old.parquet")
+    (e,) = read_parquet(tmp_path / "old.parquet", Expression)
+    assert (e.provenance.stages, e.extra_answers, e.formated) == ([], {}, "the red ball rolling left")
