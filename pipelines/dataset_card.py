@@ -31,11 +31,12 @@ FIELDS = (
     ("video_description", "Stage 3: what the object does over the video."),
     ("consistency", "The consistency check: `passed`, `attempts` (descriptions generated), the checker's `reason`."),
     ("provenance", "Model, revision, backend, prompt template ids and sha256, generation config (canonical JSON), "
-                   "creation time, toolkit version, and the input files (mp4 then SA-V JSON, paths relative to the "
-                   "SA-V root, with sha256)."),
+                   "creation time, toolkit version, the input files (mp4 then SA-V JSON, paths relative to the "
+                   "SA-V root, with sha256), and the annotation stages that ran, in order."),
     ("ambiguous", "True when the expressions could also refer to another object of the video."),
     ("ambiguous_with", "Object ids of those other objects."),
     ("category", "Stage 1's category word(s), lower case; empty when the model gave none."),
+    ("extra_answers", "Answers of annotation stages beyond the built-in ones, by stage name (key/value pairs)."),
 )
 
 

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from .base import Record
+from .base import Record, kv_list
 from .errors import SchemaError
 
 
@@ -33,6 +33,9 @@ class Provenance:
     toolkit_version: str
     input_files: list[FileHash]
     checker_model_id: str = ""  # model of the consistency check, when different
+    # The annotation stages that ran, in order (e.g. object, check, scene, video, merge).
+    # [] in rows written before the list was recorded: their Parquet files lack the field.
+    stages: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class Expression(Record):
     ambiguous: bool = False  # could also refer to another object of the video
     ambiguous_with: list[int] = field(default_factory=list)
     category: str = ""  # stage 1's category word(s), lower case; "" when the model gave none
+    # Answers of stages other than the built-in five, by stage name, as text (JSON for a
+    # structured answer). {} in rows written before stages were pluggable.
+    extra_answers: dict[str, str] = field(default_factory=dict)
 
     ARROW_SCHEMA: ClassVar[pa.Schema] = pa.schema(
         [
@@ -83,12 +89,14 @@ class Expression(Record):
                         ("toolkit_version", pa.string()),
                         ("input_files", pa.list_(pa.struct([("path", pa.string()), ("sha256", pa.string())]))),
                         ("checker_model_id", pa.string()),
+                        ("stages", pa.list_(pa.string())),
                     ]
                 ),
             ),
             ("ambiguous", pa.bool_()),
             ("ambiguous_with", pa.list_(pa.int64())),
             ("category", pa.string()),
+            ("extra_answers", kv_list(pa.string())),
         ]
     )
 

@@ -6,6 +6,7 @@ name in the target folder and moved into place with `os.replace`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,7 +92,10 @@ def read_parquet(path: str | os.PathLike, cls: type[R]) -> list[R]:
         raise SchemaError("file not found", file=path) from None
     except (pa.ArrowInvalid, OSError) as err:
         raise SchemaError(f"not a readable Parquet file ({err})", file=path) from None
-    missing = [f.name for f in cls.ARROW_SCHEMA if f.name not in table.column_names]
+    # A column whose field has a default may be absent: files written before it was added.
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = [f.name for f in cls.ARROW_SCHEMA if f.name in required and f.name not in table.column_names]
     if missing:
         raise SchemaError(f"column missing from {cls.__name__} table", file=path, field=missing[0])
     return list(rows_to_records(table.to_pylist(), cls, file=path))

@@ -72,17 +72,17 @@ def test_prompts_load_newest_version_and_hash_content(tmp_path):
     base = load_prompts()
     assert [r.template_id for r in base.refs] == ["object/v1", "check/v1", "scene/v1", "video/v1", "merge/v1"]
     for stage in ("object", "check", "scene", "video", "merge"):
-        (tmp_path / f"{stage}.v1.txt").write_text(getattr(base, stage).text)
+        (tmp_path / f"{stage}.v1.txt").write_text(base[stage].text)
     (tmp_path / "scene.v2.txt").write_text("Where is it? {object_description} ({highlight})")
     custom = load_prompts(tmp_path)
-    assert custom.scene.template_id == "scene/v2"
-    assert custom.scene.sha256 != base.scene.sha256 and custom.object.sha256 == base.object.sha256
+    assert custom["scene"].template_id == "scene/v2"
+    assert custom["scene"].sha256 != base["scene"].sha256 and custom["object"].sha256 == base["object"].sha256
 
 
 def test_prompts_reject_unknown_placeholder_and_missing_stage(tmp_path):
     base = load_prompts()
     for stage in ("object", "check", "scene", "video"):
-        (tmp_path / f"{stage}.v1.txt").write_text(getattr(base, stage).text)
+        (tmp_path / f"{stage}.v1.txt").write_text(base[stage].text)
     with pytest.raises(SchemaError, match="merge"):
         load_prompts(tmp_path)
     (tmp_path / "merge.v1.txt").write_text("{object_description} {colour}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .config import AnnotateConfig, VLMSettings
+from .config import DEFAULT_STAGES, AnnotateConfig, VLMSettings
 from .run import DEFAULT_SHARD_SIZE, RunSummary, annotate
 
 
@@ -63,6 +63,7 @@ def annotate_command(input_root, out, backend, base_url, model, check_model, che
                      workers, scheduler, limit, shard_size, max_in_flight, timeout, retries, max_tokens, temperature,
                      prompts_dir, cache_path, retry_failed) -> None:
     """Describe every SA-V masklet with a VLM in three stages and write Ref-SAV-style expressions."""
+    from refsav.runtime.executor import make_executor
     from refsav.schemas.version import __version__
 
     if backend == "openai" and not base_url:
@@ -77,15 +78,17 @@ def annotate_command(input_root, out, backend, base_url, model, check_model, che
     if cache_path is None:
         cache_path = str(Path(out) / "cache" / "requests.sqlite")
     config = AnnotateConfig(
-        vlm=vlm, checker=checker, check=not no_check, highlight=highlight, masklets=masklets,
+        vlm=vlm, checker=checker, stages=tuple(s for s in DEFAULT_STAGES if s != "check") if no_check else DEFAULT_STAGES,
+        highlight=highlight, masklets=masklets,
         prompts_dir=prompts_dir, cache_path=None if cache_path == "none" else str(Path(cache_path).resolve()),
         toolkit_version=__version__,
     )
-    summary = annotate(input_root, out, config, workers=workers, scheduler=scheduler, limit=limit,
-                       shard_size=shard_size, retry_failed=retry_failed)
+    with make_executor(workers, scheduler) as executor:
+        summary = annotate(input_root, out, config, executor, limit=limit, shard_size=shard_size,
+                           retry_failed=retry_failed)
     _print_summary(summary)
     click.echo(f"wrote {summary.objects_kept} expressions to {Path(out) / 'data'}; stats in {Path(out) / 'run.json'}")
     if summary.shards_failed:
         for f in summary.shards_failed[:20]:
-            click.echo(f"  shard {f['shard']}: {f['error']}", err=True)
+            click.echo(f"  shard {f.shard}: {f.error}", err=True)
         raise click.ClickException(f"{len(summary.shards_failed)} shard(s) failed; rerun the same command to retry them")

@@ -29,11 +29,16 @@ class VLMSettings:
         return d
 
 
+# The stages of a run, by registered name (refsav.pipelines.annotate.registry), in order.
+# `--no-check` takes check out.
+DEFAULT_STAGES = ("object", "check", "scene", "video", "merge")
+
+
 @dataclass(frozen=True)
 class AnnotateConfig:
     vlm: VLMSettings
     checker: VLMSettings | None = None  # None: the describing model checks its own descriptions
-    check: bool = True
+    stages: tuple[str, ...] = DEFAULT_STAGES
     highlight: str = "contour"  # contour | tint | box | crop
     object_frames: int = 2  # stage 1: best frames per object
     video_frames: int = 8  # stage 3: frames sampled over the visible span

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError
 
 SUFFIXES = {"manual": ("_manual.json",), "auto": ("_auto.json",), "both": ("_manual.json", "_auto.json")}
 
@@ -21,13 +21,6 @@ class VideoInput:
     annotation_paths: tuple[str, ...]  # "" entries never; may be empty when no annotation exists
 
 
-@dataclass(frozen=True)
-class Skipped:
-    video_id: str
-    path: str
-    reason: str
-
-
 def discover(root: str | os.PathLike, masklets: str = "manual") -> list[VideoInput]:
     """Every video under `root` (recursively) that has an mp4 or an annotation, sorted by id.
 
@@ -36,9 +29,9 @@ def discover(root: str | os.PathLike, masklets: str = "manual") -> list[VideoInp
     """
     root = Path(root)
     if not root.is_dir():
-        raise SchemaError("input folder not found", file=root)
+        raise RefsavError("input folder not found", file=root)
     if masklets not in SUFFIXES:
-        raise SchemaError(f"--masklets must be one of {', '.join(SUFFIXES)}, got {masklets!r}")
+        raise RefsavError(f"--masklets must be one of {', '.join(SUFFIXES)}, got {masklets!r}")
     mp4s: dict[str, Path] = {}
     annotations: dict[str, list[Path]] = {}
     for dirpath, _, files in os.walk(root):

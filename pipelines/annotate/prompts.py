@@ -1,7 +1,7 @@
-"""Versioned prompt templates.
+"""Versioned prompt templates, each owned by a stage.
 
-Each template is a file `prompts/<stage>.v<N>.txt`; its id is `<stage>/v<N>` and its
-content hash goes into every row's provenance, so an edited prompt is a new prompt even
+A stage's template is a file `prompts/<template>.v<N>.txt`; its id is `<template>/v<N>` and
+its content hash goes into every row's provenance, so an edited prompt is a new prompt even
 when nobody bumps the version. `--prompts DIR` swaps in a user's own set.
 """
 from __future__ import annotations
@@ -11,28 +11,21 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from refsav.schemas.errors import SchemaError
+from refsav.schemas.errors import RefsavError, SchemaError
 from refsav.schemas.expression import PromptRef
 
-DEFAULT_DIR = Path(__file__).parent / "prompts"
-STAGES = ("object", "check", "scene", "video", "merge")
-_NAME = re.compile(r"^(?P<stage>[a-z]+)\.v(?P<version>\d+)\.txt$")
+from .config import DEFAULT_STAGES
+from .registry import get_stage
 
-# The fields each stage fills in; a template that asks for anything else is a user mistake
-# better caught before thousands of requests than in the middle of a run.
-FIELDS = {
-    "object": {"highlight", "n_images", "retry_hint"},
-    "check": {"highlight", "description"},
-    "scene": {"highlight", "object_description"},
-    "video": {"highlight", "n_images", "object_description"},
-    "merge": {"object_description", "scene_description", "video_description"},
-}
+DEFAULT_DIR = Path(__file__).parent / "prompts"
+_NAME = re.compile(r"^(?P<stage>[a-z][a-z0-9_]*)\.v(?P<version>\d+)\.txt$")
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    stage: str
+    stage: str  # the template name, e.g. "object"
     version: int
     text: str
     path: str
@@ -55,38 +48,50 @@ class PromptTemplate:
 
 @dataclass(frozen=True)
 class PromptSet:
-    object: PromptTemplate
-    check: PromptTemplate
-    scene: PromptTemplate
-    video: PromptTemplate
-    merge: PromptTemplate
+    """The template of each stage that has one, by stage name, in stage order."""
+
+    templates: dict[str, PromptTemplate]
+
+    def __getitem__(self, stage: str) -> PromptTemplate:
+        return self.templates[stage]
+
+    def get(self, stage: str) -> PromptTemplate | None:
+        return self.templates.get(stage)
 
     @property
     def refs(self) -> list[PromptRef]:
-        return [getattr(self, s).ref for s in STAGES]
+        return [t.ref for t in self.templates.values()]
 
 
-def load_prompts(directory: str | Path | None = None) -> PromptSet:
-    """The newest version of each stage's template in `directory` (default: the built-in set)."""
+def load_prompts(directory: str | Path | None = None, stages: Sequence[str] = DEFAULT_STAGES) -> PromptSet:
+    """The newest version of each template in `directory` (default: the built-in set), for the
+    default stages and then any other of `stages`.
+
+    The default stages' templates are always loaded, so rows name the same templates with
+    and without --no-check, and a --prompts folder that works for one works for the other.
+    """
     directory = Path(directory) if directory else DEFAULT_DIR
     if not directory.is_dir():
-        raise SchemaError("prompt folder not found", file=directory)
+        raise RefsavError("prompt folder not found", file=directory)
+    names = (*DEFAULT_STAGES, *(n for n in stages if n not in DEFAULT_STAGES))
+    wanted = [s for s in map(get_stage, names) if s.template is not None]
     newest: dict[str, PromptTemplate] = {}
     for path in sorted(directory.iterdir()):
         m = _NAME.match(path.name)
-        if not m or m["stage"] not in STAGES:
+        if not m or m["stage"] not in {s.template for s in wanted}:
             continue
         t = PromptTemplate(m["stage"], int(m["version"]), path.read_text(encoding="utf-8"), str(path))
         if t.stage not in newest or t.version > newest[t.stage].version:
             newest[t.stage] = t
-    missing = [s for s in STAGES if s not in newest]
+    missing = [s.template for s in wanted if s.template not in newest]
     if missing:
         raise SchemaError(f"no template for stage(s) {', '.join(missing)} (expected files like {missing[0]}.v1.txt)",
                           file=directory)
-    for t in newest.values():
+    for stage in wanted:
+        t = newest[stage.template]
         used = {f for _, f, _, _ in string.Formatter().parse(t.text) if f}
-        unknown = used - FIELDS[t.stage]
+        unknown = used - stage.fields
         if unknown:
             raise SchemaError(f"unknown placeholder(s) {', '.join(sorted(unknown))}; allowed: "
-                              f"{', '.join(sorted(FIELDS[t.stage]))}", file=t.path)
-    return PromptSet(**newest)
+                              f"{', '.join(sorted(stage.fields))}", file=t.path)
+    return PromptSet({s.name: newest[s.template] for s in wanted})

@@ -12,15 +12,16 @@ from ..visual.selection import NotVisible
 from ..visual.style import HighlightStyle
 from ..visual.views import build_video_views
 from .config import AnnotateConfig
-from .stages import Dropped, ObjectContext
+from .records import DroppedObject
+from .stage import ObjectContext
 
 
 def render_video(
     video_id: str, annotations: list[SavAnnotation], inputs: tuple[FileHash, ...], config: AnnotateConfig
-) -> tuple[list[ObjectContext], list[Dropped]]:
+) -> tuple[list[ObjectContext], list[DroppedObject]]:
     style = HighlightStyle(mode=config.highlight)
     ready: list[ObjectContext] = []
-    dropped: list[Dropped] = []
+    dropped: list[DroppedObject] = []
     seen: set[int] = set()
     for annotation in annotations:  # manual first, then auto (sorted paths), when --masklets both
         views = build_video_views(annotation, style, k=config.object_frames, n_video_frames=config.video_frames)
@@ -28,11 +29,11 @@ def render_video(
             if masklet.object_id in seen:
                 # Manual and auto files number their masklets independently; Ref-SAV keys objects
                 # by masklet id, so a clash cannot be represented and the first file wins.
-                dropped.append(Dropped(video_id, masklet.object_id, "duplicate_object_id", annotation.video.path))
+                dropped.append(DroppedObject(video_id, masklet.object_id, "duplicate_object_id", annotation.video.path))
                 continue
             seen.add(masklet.object_id)
             if isinstance(view, NotVisible):
-                dropped.append(Dropped(video_id, masklet.object_id, "not_visible", view.reason))
+                dropped.append(DroppedObject(video_id, masklet.object_id, "not_visible", view.reason))
             else:
-                ready.append(ObjectContext(video_id, masklet.object_id, view, inputs))
+                ready.append(ObjectContext(video_id, annotation.video, masklet, view, inputs))
     return ready, dropped

@@ -13,16 +13,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from refsav.schemas.errors import SchemaError
-from refsav.schemas.io import atomic_write_json
-
-from refsav.runtime.executor import make_executor
+from refsav.runtime.executor import Executor
 from refsav.runtime.progress import progress_bar
+from refsav.schemas.errors import RefsavError
+from refsav.schemas.expression import PromptRef
+from refsav.schemas.io import atomic_write_json, read_json
+
 from .config import AnnotateConfig
 from .inputs import VideoInput, discover
 from .prompts import load_prompts
+from .records import Meter, ShardFailure
+from .registry import resolve
 from .shards import ShardStats, ShardTask, run_shard
-from .stages import Meter
 
 DEFAULT_SHARD_SIZE = 8  # videos per shard
 
@@ -35,7 +37,7 @@ class RunSummary:
     shards: int
     shards_done: int = 0
     shards_resumed: int = 0
-    shards_failed: list[dict] = field(default_factory=list)  # {shard, error}
+    shards_failed: list[ShardFailure] = field(default_factory=list)
     videos: int = 0
     videos_skipped: int = 0
     objects_seen: int = 0
@@ -63,6 +65,19 @@ class RunSummary:
         return self.shards_done == self.shards and not self.shards_failed
 
 
+@dataclass(frozen=True)
+class Plan:
+    """OUT/plan.json: what the shards contain and what shapes their rows."""
+
+    settings: str  # AnnotateConfig.fingerprint(), which includes the stage list
+    prompts: tuple[PromptRef, ...]
+    shards: tuple[tuple[str, ...], ...]  # video ids of each shard
+
+    def to_json(self) -> dict:
+        return {"settings": json.loads(self.settings), "prompts": [asdict(r) for r in self.prompts],
+                "shards": [list(g) for g in self.shards]}
+
+
 def plan_shards(videos: list[VideoInput], shard_size: int) -> list[tuple[VideoInput, ...]]:
     return [tuple(videos[i : i + shard_size]) for i in range(0, len(videos), shard_size)]
 
@@ -76,22 +91,25 @@ def _exclusive(out: Path):
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SchemaError("another refsav annotate run is using this folder", file=out) from None
+            raise RefsavError("another refsav annotate run is using this folder", file=out) from None
         # Temporary files of a killed run: never visible to readers (hidden names), but litter.
         for stale in out.glob("*/.*.tmp"):
             stale.unlink(missing_ok=True)
         yield
 
 
-def _check_plan(out: Path, plan: dict) -> None:
+def _check_plan(out: Path, plan: Plan) -> None:
+    """Write the plan, or refuse a folder whose plan differs. Compared as JSON: the old file
+    may come from another version of refsav (one from before stage lists differs in settings)."""
     path = out / "plan.json"
+    new = plan.to_json()
     if not path.exists():
-        atomic_write_json(path, plan, indent=1)
+        atomic_write_json(path, new, indent=1)
         return
-    old = json.loads(path.read_text())
-    for key in ("settings", "prompts", "shards"):
-        if old.get(key) != plan[key]:
-            raise SchemaError(
+    old = read_json(path)
+    for key in new:
+        if not isinstance(old, dict) or old.get(key) != new[key]:
+            raise RefsavError(
                 f"this folder holds a run with different {key}; use a new --out (or delete the folder) "
                 "so that rows made under different settings are not mixed", file=path, field=key)
 
@@ -100,76 +118,71 @@ def annotate(
     input_root: str | Path,
     out: str | Path,
     config: AnnotateConfig,
+    executor: Executor,
     *,
-    workers: int | None = None,
-    scheduler: str | None = None,
     limit: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     retry_failed: bool = False,
     show_progress: bool = True,
 ) -> RunSummary:
-    """Annotate every video under `input_root` into shards under `out`."""
+    """Annotate every video under `input_root` into shards under `out`, on `executor`
+    (refsav.runtime.executor.make_executor)."""
     input_root, out = Path(input_root).resolve(), Path(out).resolve()
     if shard_size < 1:
-        raise SchemaError(f"--shard-size must be at least 1, got {shard_size}")
+        raise RefsavError(f"--shard-size must be at least 1, got {shard_size}")
+    stages = resolve(config.stages)
     videos = discover(input_root, config.masklets)
     if limit is not None:
         videos = videos[:limit]
     if not videos:
-        raise SchemaError("no SA-V videos (<id>.mp4 with <id>_manual.json) found", file=input_root)
-    prompts = load_prompts(config.prompts_dir)
+        raise RefsavError("no SA-V videos (<id>.mp4 with <id>_manual.json) found", file=input_root)
+    prompts = load_prompts(config.prompts_dir, config.stages)
     groups = plan_shards(videos, shard_size)
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
-        return _run(input_root, out, config, groups, prompts, workers, scheduler, retry_failed, show_progress)
+        _check_plan(out, Plan(config.fingerprint(), tuple(prompts.refs), tuple(tuple(v.video_id for v in g) for g in groups)))
+        tasks = [ShardTask(i, len(groups), g, str(input_root), str(out), config, stages, prompts)
+                 for i, g in enumerate(groups)]
+        if retry_failed:
+            _forget_shards_with_vlm_errors(tasks)
+        return _run(input_root, out, config, tasks, executor, show_progress)
 
 
-def _run(input_root: Path, out: Path, config: AnnotateConfig, groups, prompts, workers, scheduler, retry_failed,
-         show_progress) -> RunSummary:
-    _check_plan(out, {
-        "settings": json.loads(config.fingerprint()),
-        "prompts": [asdict(r) for r in prompts.refs],
-        "shards": [[v.video_id for v in g] for g in groups],
-    })
-    tasks = [ShardTask(i, len(groups), g, str(input_root), str(out), config) for i, g in enumerate(groups)]
-    if retry_failed:
-        _forget_shards_with_vlm_errors(tasks)
-
+def _run(input_root: Path, out: Path, config: AnnotateConfig, tasks: list[ShardTask], executor: Executor,
+         show_progress: bool) -> RunSummary:
     summary = RunSummary(out=str(out), shards=len(tasks))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    per_shard: dict[int, dict] = {}
+    per_shard: dict[int, ShardStats | ShardFailure] = {}
 
-    def save(executor_name: str, address: str) -> None:
+    def save() -> None:
         summary.seconds = round(time.perf_counter() - t0, 3)
         atomic_write_json(out / "run.json", {
             "started_at": started,
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "input": str(input_root),
-            "executor": executor_name,
-            "scheduler": address,
+            "executor": executor.name,
+            "scheduler": executor.address,
             "config": json.loads(config.fingerprint()),
             "summary": asdict(summary),
-            "shards": [per_shard[i] for i in sorted(per_shard)],
+            "shards": [asdict(per_shard[i]) for i in sorted(per_shard)],
         }, indent=1)
 
-    with make_executor(workers, scheduler) as executor, \
-            progress_bar("annotating shards", total=len(tasks), enabled=show_progress) as advance:
-        save(executor.name, executor.address)
+    with progress_bar("annotating shards", total=len(tasks), enabled=show_progress) as advance:
+        save()
         for outcome in executor.map_unordered(run_shard, tasks):
             if outcome.ok:
                 stats: ShardStats = outcome.result
                 summary.add(stats)
-                per_shard[stats.shard] = asdict(stats)
+                per_shard[stats.shard] = stats
             else:
-                err = outcome.error
-                message = f"{type(err).__name__}: {err}"
-                summary.shards_failed.append({"shard": outcome.task.index, "error": message})
-                per_shard[outcome.task.index] = {"shard": outcome.task.index, "error": message}
-            save(executor.name, executor.address)
+                failure = ShardFailure(outcome.task.index, f"{type(outcome.error).__name__}: {outcome.error}")
+                summary.shards_failed.append(failure)
+                per_shard[failure.shard] = failure
+            save()
             advance(1)
-    summary.shards_failed.sort(key=lambda f: f["shard"])
-    save(executor.name, executor.address)
+    summary.shards_failed.sort(key=lambda f: f.shard)
+    save()
     return summary
 
 
@@ -177,6 +190,6 @@ def _forget_shards_with_vlm_errors(tasks: list[ShardTask]) -> None:
     """Let shards whose objects failed on the VLM run again; their good answers are cached."""
     for task in tasks:
         if task.stats_path.exists():
-            stats = json.loads(task.stats_path.read_text())
-            if stats.get("objects_dropped", {}).get("vlm_error"):
+            stats = ShardStats.from_json(json.loads(task.stats_path.read_text()))
+            if stats.objects_dropped.get("vlm_error"):
                 task.marker_path.unlink(missing_ok=True)

@@ -14,9 +14,11 @@ come out the same.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,9 +26,12 @@ from refsav.schemas.errors import SchemaError
 from refsav.schemas.expression import Expression, FileHash
 from refsav.schemas.io import atomic_write_json, sha256_file, write_parquet
 
+from .annotator import Annotator, flag_ambiguous
 from .config import AnnotateConfig
 from .inputs import VideoInput
-from .stages import Annotator, Dropped, Kept, Meter, ObjectContext, flag_ambiguous
+from .prompts import PromptSet
+from .records import DroppedObject, Meter, SkippedVideo
+from .stage import ObjectContext, Stage
 
 SPLIT = "train"
 # Videos rendered at once per worker: decoded 1080p frames are large, their JPEGs are not.
@@ -41,6 +46,10 @@ class ShardTask:
     input_root: str
     out_dir: str
     config: AnnotateConfig
+    # Resolved once by the run, so that workers need neither the registry nor the prompt
+    # files, and every shard uses the templates the plan recorded.
+    stages: tuple[Stage, ...]
+    prompts: PromptSet
 
     @property
     def data_path(self) -> Path:
@@ -55,15 +64,15 @@ class ShardTask:
         return Path(self.out_dir) / "markers" / f"shard-{self.index:05d}.done"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShardStats:
     shard: int
     videos: int = 0
-    videos_skipped: list[dict] = field(default_factory=list)  # {video_id, reason, detail}
+    videos_skipped: list[SkippedVideo] = field(default_factory=list)
     objects_seen: int = 0
     objects_kept: int = 0
     objects_dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
-    failures: list[dict] = field(default_factory=list)  # {video_id, object_id, reason, detail}
+    failures: list[DroppedObject] = field(default_factory=list)
     ambiguous: int = 0
     vlm: Meter = field(default_factory=Meter)
     render_seconds: float = 0.0
@@ -74,6 +83,8 @@ class ShardStats:
     def from_json(cls, d: dict) -> "ShardStats":
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in d.items() if k in known}
+        values["videos_skipped"] = [SkippedVideo(**s) for s in values.get("videos_skipped", [])]
+        values["failures"] = [DroppedObject(**f) for f in values.get("failures", [])]
         values["vlm"] = Meter(**values.get("vlm", {}))
         return cls(**values)
 
@@ -82,11 +93,10 @@ def run_shard(task: ShardTask) -> ShardStats:
     """Annotate one shard, or return its stats when it is already complete."""
     if task.marker_path.exists() and task.data_path.exists() and task.stats_path.exists():
         stats = ShardStats.from_json(json.loads(task.stats_path.read_text()))
-        stats.resumed = True
-        return stats
+        return dataclasses.replace(stats, resumed=True)
     start = time.perf_counter()
     rows, stats = asyncio.run(_annotate_shard(task))
-    stats.seconds = round(time.perf_counter() - start, 3)
+    stats = dataclasses.replace(stats, seconds=round(time.perf_counter() - start, 3))
     write_parquet(task.data_path, rows, Expression)
     atomic_write_json(task.stats_path, asdict(stats), indent=1)
     atomic_write_json(task.marker_path, {"rows": len(rows), "sha256": sha256_file(task.data_path)})
@@ -101,36 +111,36 @@ def _relative(path: str, root: str) -> str:
 
 
 async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats]:
-    from ..vlm.base import make_backend
-    from .prompts import load_prompts
+    from ..vlm.base import GenerationConfig, make_backend
 
     config = task.config
-    stats = ShardStats(shard=task.index, videos=len(task.videos))
-    meter = stats.vlm
-    prompts = load_prompts(config.prompts_dir)
+    meter = Meter()
     describer = _backend(config.vlm, config.cache_path, make_backend)
     checker = _backend(config.checker, config.cache_path, make_backend) if config.checker else describer
-    annotator = Annotator(config, prompts, describer, checker, meter)
+    gen = GenerationConfig(max_tokens=config.vlm.max_tokens, temperature=config.vlm.temperature, seed=config.vlm.seed)
+    annotator = Annotator(task.stages, task.prompts, {"describer": describer, "checker": checker}, gen, meter,
+                          config.toolkit_version)
     render_slots = asyncio.Semaphore(RENDER_AHEAD)
     rows: list[Expression] = []
+    skipped: list[SkippedVideo] = []
+    failures: list[DroppedObject] = []
+    seen = 0
+    render_seconds = 0.0
 
     async def one_video(video: VideoInput) -> None:
+        nonlocal seen, render_seconds
         async with render_slots:
             t0 = time.perf_counter()
             prepared = await asyncio.to_thread(prepare_video, video, task.input_root, config)
-            stats.render_seconds += time.perf_counter() - t0
-        if isinstance(prepared, Dropped):
-            stats.videos_skipped.append({"video_id": video.video_id, "reason": prepared.reason, "detail": prepared.detail})
+            render_seconds += time.perf_counter() - t0
+        if isinstance(prepared, SkippedVideo):
+            skipped.append(prepared)
             return
         objects, not_annotatable = prepared
-        stats.objects_seen += len(objects) + len(not_annotatable)
+        seen += len(objects) + len(not_annotatable)
         results = list(not_annotatable) + list(await asyncio.gather(*(annotator.annotate(o) for o in objects)))
-        kept = [r for r in results if isinstance(r, Kept)]
-        for r in results:
-            if isinstance(r, Dropped):
-                stats.objects_dropped[r.reason] = stats.objects_dropped.get(r.reason, 0) + 1
-                stats.failures.append({"video_id": r.video_id, "object_id": r.object_id, "reason": r.reason, "detail": r.detail})
-        rows.extend(flag_ambiguous(kept))
+        failures.extend(r for r in results if isinstance(r, DroppedObject))
+        rows.extend(flag_ambiguous([r for r in results if isinstance(r, Expression)]))
 
     try:
         await asyncio.gather(*(one_video(v) for v in task.videos))
@@ -139,13 +149,19 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
         if checker is not describer:
             await checker.aclose()
     rows.sort(key=lambda e: (e.video_id, e.object_id))
-    stats.failures.sort(key=lambda f: (f["video_id"], f["object_id"]))
-    stats.videos_skipped.sort(key=lambda s: s["video_id"])
-    stats.objects_kept = len(rows)
-    stats.ambiguous = sum(e.ambiguous for e in rows)
     meter.seconds = round(meter.seconds, 3)
-    stats.render_seconds = round(stats.render_seconds, 3)
-    return rows, stats
+    return rows, ShardStats(
+        shard=task.index,
+        videos=len(task.videos),
+        videos_skipped=sorted(skipped, key=lambda s: s.video_id),
+        objects_seen=seen,
+        objects_kept=len(rows),
+        objects_dropped=dict(Counter(f.reason for f in failures)),
+        failures=sorted(failures, key=lambda f: (f.video_id, f.object_id)),
+        ambiguous=sum(e.ambiguous for e in rows),
+        vlm=meter,
+        render_seconds=round(render_seconds, 3),
+    )
 
 
 def _backend(settings, cache_path, make_backend):
@@ -160,7 +176,7 @@ def _backend(settings, cache_path, make_backend):
     )
 
 
-def prepare_video(video: VideoInput, input_root: str, config: AnnotateConfig) -> Dropped | tuple[list[ObjectContext], list[Dropped]]:
+def prepare_video(video: VideoInput, input_root: str, config: AnnotateConfig) -> SkippedVideo | tuple[list[ObjectContext], list[DroppedObject]]:
     """Read, check and render one video: the objects ready for the VLM, and those that are not.
 
     Runs in a worker thread. Any problem with the files is returned as a skip reason:
@@ -171,15 +187,15 @@ def prepare_video(video: VideoInput, input_root: str, config: AnnotateConfig) ->
     from .render import render_video
 
     if not video.video_path:
-        return Dropped(video.video_id, -1, "missing_video", "no .mp4 next to the annotation")
+        return SkippedVideo(video.video_id, "missing_video", "no .mp4 next to the annotation")
     if not video.annotation_paths:
-        return Dropped(video.video_id, -1, "missing_annotation", "no _manual.json/_auto.json next to the video")
+        return SkippedVideo(video.video_id, "missing_annotation", "no _manual.json/_auto.json next to the video")
     try:
         annotations = [read_sav_json(p, video_path=video.video_path) for p in video.annotation_paths]
         inputs = tuple(FileHash(_relative(p, input_root), sha256_file(p))
                        for p in (video.video_path, *video.annotation_paths))
         return render_video(video.video_id, annotations, inputs, config)
     except SchemaError as err:
-        return Dropped(video.video_id, -1, "bad_input", str(err))
+        return SkippedVideo(video.video_id, "bad_input", str(err))
     except OSError as err:
-        return Dropped(video.video_id, -1, "bad_input", f"{video.video_path}: {err}")
+        return SkippedVideo(video.video_id, "bad_input", f"{video.video_path}: {err}")

@@ -1,183 +1,100 @@
-"""The per-object annotation: describe, check, place in the scene, follow over time, merge.
+"""The built-in stages: describe the object, check the description, place it in the scene,
+follow it over time, merge the three into referring expressions.
 
-One coroutine per object; the VLM backend bounds how many requests are in flight, so a
-shard's objects overlap their network waits while the CPU renders the next video.
+Each owns its prompt template (prompts/<name>.v<N>.txt) and the placeholders it fills in.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from datetime import datetime, timezone
-
-from refsav.schemas.expression import Consistency, Expression, FileHash, Provenance
-
-from ..visual.views import ObjectViews
-from ..vlm.base import GenerationConfig, VLMBackend, VLMError, VLMRequest, VLMResponse
-from .config import AnnotateConfig
-from .prompts import PromptSet
-from .text import Candidate, ambiguity, clean, parse_merge, parse_object_answer, parse_verdict
-
-# How the prompts name the visual cue; the colour is chosen per object by refsav.pipelines.visual
-# so that it stands out against the object and its surroundings.
-HIGHLIGHT_WORDS = {
-    "contour": "a {colour} outline drawn around it",
-    "tint": "a {colour} tint over it",
-    "box": "a {colour} box around it",
-    "crop": "darkening everything around it",
-}
+from .stage import Drop, Retry, Turn
+from .text import MergedExpressions, ObjectAnswer, Verdict, clean, parse_merge, parse_object_answer, parse_verdict
 
 
-@dataclass
-class Meter:
-    """VLM usage: of one shard in its stats JSON, of one run in run.json."""
+class DescribeObject:
+    """Stage 1, object level: category and description from the best crops."""
 
-    calls: int = 0  # requests answered by a server or model
-    cache_hits: int = 0
-    failed_calls: int = 0  # requests that failed after all retries
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0  # summed request latency (overlapping requests add up)
+    name = "object"
+    template = "object"
+    fields = frozenset({"highlight", "n_images", "retry_hint"})
+    backend = "describer"
+    needs: tuple[str, ...] = ()
 
-    def record(self, response: VLMResponse) -> None:
-        if response.cached:
-            self.cache_hits += 1
-            return
-        self.calls += 1
-        self.prompt_tokens += response.prompt_tokens
-        self.completion_tokens += response.completion_tokens
-        self.seconds += response.seconds
-
-    def add(self, other: "Meter") -> None:
-        self.calls += other.calls
-        self.cache_hits += other.cache_hits
-        self.failed_calls += other.failed_calls
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.seconds = round(self.seconds + other.seconds, 3)
+    async def run(self, turn: Turn) -> ObjectAnswer | Retry:
+        crops = tuple(v.jpeg for v in turn.obj.views.object_views)
+        prompt = turn.prompt.render(highlight=turn.obj.highlight, n_images=len(crops), retry_hint=turn.retry_hint)
+        answer = parse_object_answer(await turn.ask(prompt, crops))
+        if not answer.description:
+            return Retry(self.name, "A previous answer was empty. Describe the highlighted object.", Drop("empty_description"))
+        return answer
 
 
-@dataclass(frozen=True)
-class Kept:
-    expression: Expression
+class CheckDescription:
+    """Does the description fit the highlighted object? A rejected one is described again
+    with the checker's objection (the retry must differ from the first request, which the
+    request cache would replay at temperature 0)."""
+
+    name = "check"
+    template = "check"
+    fields = frozenset({"highlight", "description"})
+    backend = "checker"
+    needs = ("object",)
+
+    async def run(self, turn: Turn) -> Verdict | Retry:
+        prompt = turn.prompt.render(highlight=turn.obj.highlight, description=turn.answers["object"].description)
+        verdict = parse_verdict(await turn.ask(prompt, tuple(v.jpeg for v in turn.obj.views.object_views[:1])))
+        if verdict.passed:
+            return verdict
+        if verdict.passed is False:
+            code, why = "consistency_failed", verdict.reason
+        else:
+            code, why = "consistency_unclear", "the answer could not be verified"
+        hint = f"A previous description was rejected: {why} Describe the highlighted object again, carefully."
+        return Retry("object", hint, Drop(code, verdict.reason))
 
 
-@dataclass(frozen=True)
-class Dropped:
-    video_id: str
-    object_id: int
-    reason: str  # a short stable code: counted in the stats
-    detail: str = ""
+class PlaceInScene:
+    """Stage 2, scene level: where the object is and what is around it, on the full frame."""
+
+    name = "scene"
+    template = "scene"
+    fields = frozenset({"highlight", "object_description"})
+    backend = "describer"
+    needs = ("object",)
+
+    async def run(self, turn: Turn) -> str:
+        prompt = turn.prompt.render(highlight=turn.obj.highlight, object_description=turn.answers["object"].description)
+        return clean(await turn.ask(prompt, (turn.obj.views.scene_view.jpeg,)))
 
 
-@dataclass(frozen=True)
-class ObjectContext:
-    video_id: str
-    object_id: int
-    views: ObjectViews
-    input_files: tuple[FileHash, ...]
+class FollowOverTime:
+    """Stage 3, video level: how the object moves, from frames over its visible span."""
+
+    name = "video"
+    template = "video"
+    fields = frozenset({"highlight", "n_images", "object_description"})
+    backend = "describer"
+    needs = ("object",)
+
+    async def run(self, turn: Turn) -> str:
+        frames = tuple(v.jpeg for v in turn.obj.views.video_views)
+        prompt = turn.prompt.render(highlight=turn.obj.highlight, n_images=len(frames),
+                                    object_description=turn.answers["object"].description)
+        return clean(await turn.ask(prompt, frames))
 
 
-@dataclass(frozen=True)
-class Annotator:
-    config: AnnotateConfig
-    prompts: PromptSet
-    describer: VLMBackend
-    checker: VLMBackend
-    meter: Meter
+class MergeExpressions:
+    """Text only: one long and one to three short referring expressions from the three levels."""
 
-    @property
-    def gen(self) -> GenerationConfig:
-        v = self.config.vlm
-        return GenerationConfig(max_tokens=v.max_tokens, temperature=v.temperature, seed=v.seed)
+    name = "merge"
+    template = "merge"
+    fields = frozenset({"object_description", "scene_description", "video_description"})
+    backend = "describer"
+    needs = ("object", "scene", "video")
 
-    async def _ask(self, backend: VLMBackend, prompt: str, images: tuple[bytes, ...]) -> str:
-        try:
-            response = await backend.generate(VLMRequest(prompt=prompt, images=images, config=self.gen))
-        except VLMError:
-            self.meter.failed_calls += 1
-            raise
-        self.meter.record(response)
-        return response.text
-
-    async def annotate(self, obj: ObjectContext) -> Kept | Dropped:
-        try:
-            return await self._annotate(obj)
-        except VLMError as err:
-            return Dropped(obj.video_id, obj.object_id, "vlm_error", str(err)[:500])
-
-    async def _annotate(self, obj: ObjectContext) -> Kept | Dropped:
-        views = obj.views
-        highlight = HIGHLIGHT_WORDS[views.mode].format(colour=views.colour)
-        p = self.prompts
-        crops = tuple(v.jpeg for v in views.object_views)
-        answer, verdict, attempts, retry_hint = None, None, 0, ""
-        for attempts in (1, 2):
-            text = await self._ask(self.describer, p.object.render(highlight=highlight, n_images=len(crops), retry_hint=retry_hint), crops)
-            answer = parse_object_answer(text)
-            if not answer.description:
-                verdict = None
-                retry_hint = "A previous answer was empty. Describe the highlighted object."
-                continue
-            if not self.config.check:
-                break
-            verdict = parse_verdict(await self._ask(
-                self.checker, p.check.render(highlight=highlight, description=answer.description), crops[:1]))
-            if verdict.passed:
-                break
-            # The retry must differ from the first request (which the cache would replay
-            # at temperature 0): it carries the checker's objection.
-            why = verdict.reason if verdict.passed is False else "the answer could not be verified"
-            retry_hint = f"A previous description was rejected: {why} Describe the highlighted object again, carefully."
-        if answer is None or not answer.description:
-            return Dropped(obj.video_id, obj.object_id, "empty_description")
-        if self.config.check and not (verdict and verdict.passed):
-            code = "consistency_failed" if verdict and verdict.passed is False else "consistency_unclear"
-            return Dropped(obj.video_id, obj.object_id, code, verdict.reason if verdict else "")
-        scene = await self._ask(self.describer, p.scene.render(highlight=highlight, object_description=answer.description),
-                                (views.scene_view.jpeg,))
-        motion = await self._ask(self.describer, p.video.render(highlight=highlight, n_images=len(views.video_views),
-                                                                object_description=answer.description),
-                                 tuple(v.jpeg for v in views.video_views))
-        scene, motion = clean(scene), clean(motion)
-        merged = parse_merge(
-            await self._ask(self.describer, p.merge.render(object_description=answer.description, scene_description=scene,
-                                                           video_description=motion), ()),
-            answer.description, scene, motion,
-        )
-        checker_id = self.checker.model if self.config.check and self.checker is not self.describer else ""
-        expression = Expression(
-            video_id=obj.video_id,
-            object_id=obj.object_id,
-            formated=merged.long,
-            short_caps=merged.short,
-            object_description=answer.description,
-            scene_description=scene,
-            video_description=motion,
-            consistency=Consistency(passed=True, attempts=attempts, reason=verdict.reason if verdict else "not checked"),
-            provenance=Provenance(
-                model_id=self.describer.model,
-                model_revision="",  # an OpenAI-compatible server does not say which revision it serves
-                backend=self.describer.name,
-                prompts=p.refs,
-                generation_config=self.gen.to_json(),
-                created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                toolkit_version=self.config.toolkit_version,
-                input_files=list(obj.input_files),
-                checker_model_id=checker_id,
-            ),
-            category=answer.category,
-        )
-        expression.validate()
-        return Kept(expression)
+    async def run(self, turn: Turn) -> MergedExpressions:
+        a = turn.answers
+        description, scene, motion = a["object"].description, a["scene"], a["video"]
+        prompt = turn.prompt.render(object_description=description, scene_description=scene, video_description=motion)
+        return parse_merge(await turn.ask(prompt, ()), description, scene, motion)
 
 
-def flag_ambiguous(kept: list[Kept]) -> list[Expression]:
-    """The video's expressions with `ambiguous` set where the text does not single the object out."""
-    collisions = ambiguity([Candidate(k.expression.object_id, k.expression.category, k.expression.formated,
-                                      tuple(k.expression.short_caps)) for k in kept])
-    out = []
-    for k in kept:
-        others = sorted(collisions[k.expression.object_id])
-        out.append(dataclasses.replace(k.expression, ambiguous=bool(others), ambiguous_with=others))
-    return out
-
+BUILT_IN = (DescribeObject(), CheckDescription(), PlaceInScene(), FollowOverTime(), MergeExpressions())
