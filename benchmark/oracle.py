@@ -22,8 +22,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 from skimage.morphology import disk
+
+from refsav.schemas import rle as rle_ops
 
 
 def _fg(mask: np.ndarray) -> np.ndarray:
@@ -154,7 +155,7 @@ def decode_rle(rle: dict | None, size: tuple[int, int]) -> np.ndarray:
     """A JSON COCO RLE {"size", "counts"} (or None: empty) -> (H, W) bool."""
     if rle is None:
         return np.zeros(size, dtype=bool)
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+    return rle_ops.decode(rle_ops.Rle((int(rle["size"][0]), int(rle["size"][1])), rle["counts"]))
 
 
 def score_refvos(

@@ -260,6 +260,12 @@ def area(rle: Rle) -> int:
     return int(_coco.area(rle.to_coco()))
 
 
+def areas_and_boxes(rles: Sequence[Rle]) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground area (N,) and (x, y, w, h) box (N, 4) of each RLE, from its runs: no pixels."""
+    coco = [r.to_coco() for r in rles]
+    return _coco.area(coco), _coco.toBbox(coco).reshape(len(coco), 4)
+
+
 def empty(height: int, width: int) -> Rle:
     # All-zero mask: a single run of H*W zeros.
     return encode(np.zeros((height, width), dtype=np.uint8))

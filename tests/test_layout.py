@@ -236,3 +236,30 @@ def test_user_modules_named_like_our_folders_do_not_shadow_refsav(tmp_path):
          "write_baseline(RefVosGroundTruth.load(sys.argv[1]), sys.argv[2], 'perfect')", str(gt), "pred.json"])
     run(refsav_cmd + ["score", "--protocol", "refsav", "--gt", str(gt), "--pred", "pred.json", "--out", "scores"])
     assert '"J&F": 100.0' in (tmp_path / "scores" / "scores.json").read_text()
+
+
+def _package_sources() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text() for p in source_files()}
+
+
+def test_one_mp4_decoder():
+    # Reading mp4 frames goes through refsav.schemas.media alone; the synthetic generator
+    # only writes (av.open(..., mode="w")).
+    readers = {name for name, text in _package_sources().items()
+               if any(k in text for k in ("av.open(", "decord", "VideoCapture(", "VideoReader("))}
+    assert readers == {"schemas/media.py", "pipelines/synthetic.py"}
+    assert all('mode="w"' in line for line in _package_sources()["pipelines/synthetic.py"].splitlines()
+               if "av.open(" in line)
+
+
+def test_one_coco_counts_decoder():
+    # pycocotools (which parses counts strings) is called from refsav.schemas.rle alone;
+    # schemas/refer.py only rasterises refer polygons with it. No module but rle.py walks the
+    # characters of a counts string.
+    users = {str(p.relative_to(ROOT)) for p in source_files()
+             if any(m.split(".")[0] == "pycocotools" for _, m in imports_of(p))}
+    assert users == {"schemas/rle.py", "schemas/refer.py"}
+    refer = _package_sources()["schemas/refer.py"]
+    assert "frPyObjects(polys" in refer and "toBbox" not in refer and ".area(" not in refer
+    parsers = {name for name, text in _package_sources().items() if "ord(" in text and "counts" in text}
+    assert parsers <= {"schemas/rle.py"}

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
-from pycocotools import mask as _coco
 
 from refsav.schemas.rle import Rle
+from refsav.schemas import rle as rle_ops
 from refsav.schemas.video import Masklet
 
 from .frames import Box, Frames, checked_frame, downscale, frame_view_bgr, output_size
@@ -73,7 +73,7 @@ def _frame_box(masklet: Masklet, frame: int) -> tuple[Rle, Box]:
     except ValueError:
         raise ValueError(f"frame {frame} is not an annotated frame of object {masklet.object_id}") from None
     rle = masklet.rles[t]
-    x, y, w, h = _coco.toBbox(rle.to_coco())
+    x, y, w, h = rle_ops.areas_and_boxes([rle])[1][0]
     if w <= 0 or h <= 0:
         raise ValueError(f"object {masklet.object_id} is not visible on frame {frame}")
     return rle, (int(x), int(y), int(x + w), int(y + h))

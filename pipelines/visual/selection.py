@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pycocotools import mask as _coco
 
+from refsav.schemas import rle as rle_ops
 from refsav.schemas.video import Masklet
 
 from .frames import Box, Frame, Frames, checked_frame, downscale, frame_grey
@@ -35,9 +35,7 @@ def frame_stats(masklet: Masklet) -> list[FrameStats]:
     if not masklet.rles:
         return []
     height, width = masklet.rles[0].size
-    coco = [r.to_coco() for r in masklet.rles]
-    areas = _coco.area(coco)
-    boxes = _coco.toBbox(coco)
+    areas, boxes = rle_ops.areas_and_boxes(masklet.rles)
     largest = max(int(a) for a in areas)
     stats = []
     for frame, a, (x, y, w, h) in zip(masklet.frame_indices, areas, boxes):
