@@ -206,3 +206,48 @@ def test_rows_written_before_stage_lists_still_read(tmp_path):
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), tmp_path / "old.parquet")
     (e,) = read_parquet(tmp_path / "old.parquet", Expression)
     assert (e.provenance.stages, e.extra_answers, e.formated) == ([], {}, "the red ball rolling left")
+
+
+PLUGIN = '''
+from refsav.pipelines.annotate.registry import register
+
+
+class Shout:
+    name, template, backend, fields, needs = "shout", None, "describer", frozenset(), ("merge",)
+
+    async def run(self, turn):
+        return turn.answers["merge"].long.upper()
+
+
+register(Shout())
+'''
+
+
+@pytest.mark.timeout(300)
+def test_the_cli_runs_a_stage_from_a_plugin_module(sav, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from refsav.pipelines.vlm.tiny import save_tiny_vlm
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "shout_stage.py").write_text(PLUGIN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "plugins"), os.environ.get("PYTHONPATH", "")]))
+    base = [sys.executable, "-m", "refsav", "annotate", "--input", str(sav), "--vlm", "transformers",
+            "--model", str(save_tiny_vlm(tmp_path / "tiny")), "--max-tokens", "8", "--workers", "1", "--no-check"]
+
+    bad = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--stages", "object,scene,video,merge,shout"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "unknown annotation stage 'shout'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+    proc = subprocess.run(base + ["--out", str(tmp_path / "out"), "--plugin", "shout_stage",
+                                  "--stages", "object,check,scene,video,merge,shout"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [e for p in sorted((tmp_path / "out" / "data").glob("*.parquet")) for e in read_parquet(p, Expression)]
+    assert rows
+    for e in rows:
+        assert e.extra_answers["shout"] == e.formated.upper()
+        assert e.provenance.stages == ["object", "scene", "video", "merge", "shout"]

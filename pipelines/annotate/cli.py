@@ -9,6 +9,24 @@ from .config import DEFAULT_STAGES, AnnotateConfig, VLMSettings
 from .run import DEFAULT_SHARD_SIZE, RunSummary, annotate
 
 
+def _stage_list(stages: str, plugins: tuple[str, ...], no_check: bool) -> tuple[str, ...]:
+    """The run's stage list, checked here so that a bad one costs no cluster start."""
+    import importlib
+
+    from .registry import resolve
+
+    for module in plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise click.UsageError(f"--plugin {module}: cannot import it ({err})") from None
+    names = tuple(n.strip() for n in stages.split(",") if n.strip())
+    if no_check:
+        names = tuple(n for n in names if n != "check")
+    resolve(names)
+    return names
+
+
 def _print_summary(s: RunSummary) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -41,6 +59,11 @@ def _print_summary(s: RunSummary) -> None:
 @click.option("--check-model", default=None, help="Model for the consistency check (default: --model).")
 @click.option("--check-base-url", default=None, help="Server of the check model (default: --base-url).")
 @click.option("--no-check", is_flag=True, help="Skip the consistency check (keeps every description).")
+@click.option("--stages", default=",".join(DEFAULT_STAGES), show_default=True,
+              help="Annotation stages, in order, comma-separated (registered stages; see --plugin).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import this Python module first (repeatable); it may register more stages with "
+                   "refsav.pipelines.annotate.registry.register. Workers must be able to import it too.")
 @click.option("--highlight", default="contour", show_default=True, type=click.Choice(["contour", "tint", "box", "crop"]),
               help="How the object is shown to the VLM.")
 @click.option("--masklets", default="manual", show_default=True, type=click.Choice(["manual", "auto", "both"]),
@@ -59,8 +82,8 @@ def _print_summary(s: RunSummary) -> None:
 @click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False),
               help="Request cache (SQLite; default OUT/cache/requests.sqlite). 'none' disables it.")
 @click.option("--retry-failed", is_flag=True, help="Redo shards where objects failed on VLM errors.")
-def annotate_command(input_root, out, backend, base_url, model, check_model, check_base_url, no_check, highlight, masklets,
-                     workers, scheduler, limit, shard_size, max_in_flight, timeout, retries, max_tokens, temperature,
+def annotate_command(input_root, out, backend, base_url, model, check_model, check_base_url, no_check, stages, plugins,
+                     highlight, masklets, workers, scheduler, limit, shard_size, max_in_flight, timeout, retries, max_tokens, temperature,
                      prompts_dir, cache_path, retry_failed) -> None:
     """Describe every SA-V masklet with a VLM in three stages and write Ref-SAV-style expressions."""
     from refsav.runtime.executor import make_executor
@@ -68,6 +91,7 @@ def annotate_command(input_root, out, backend, base_url, model, check_model, che
 
     if backend == "openai" and not base_url:
         raise click.UsageError("--vlm openai needs --base-url (e.g. http://127.0.0.1:23333/v1)")
+    stage_list = _stage_list(stages, plugins, no_check)
     vlm = VLMSettings(backend=backend, model=model, base_url=base_url, max_in_flight=max_in_flight, timeout=timeout,
                       max_retries=retries, max_tokens=max_tokens, temperature=temperature)
     checker = None
@@ -78,7 +102,7 @@ def annotate_command(input_root, out, backend, base_url, model, check_model, che
     if cache_path is None:
         cache_path = str(Path(out) / "cache" / "requests.sqlite")
     config = AnnotateConfig(
-        vlm=vlm, checker=checker, stages=tuple(s for s in DEFAULT_STAGES if s != "check") if no_check else DEFAULT_STAGES,
+        vlm=vlm, checker=checker, stages=stage_list,
         highlight=highlight, masklets=masklets,
         prompts_dir=prompts_dir, cache_path=None if cache_path == "none" else str(Path(cache_path).resolve()),
         toolkit_version=__version__,
