@@ -131,6 +131,10 @@ class DaskExecutor:
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
+                # Even without a dashboard the scheduler serves health checks over HTTP, on 8787
+                # unless told otherwise: a free local port instead, so that two runs (or a
+                # dashboard of the user's own) never collide and no "port in use" warning shows.
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 memory_limit=memory_limit or "auto",
                 silence_logs=40,  # logging.ERROR: worker chatter would bury the progress bar
                 resources=self.resources,
