@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -57,9 +58,18 @@ def cli() -> None:
     """refsav: build referring video datasets, score referring segmentation, run Sa2VA."""
 
 
+# The libraries' own tqdm bars (model loading, dataset building) would tear refsav's rich
+# progress display apart; environment variables so that worker processes inherit them. A
+# user who wants the bars back sets them to 0.
+QUIET_LIBRARY_BARS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input becomes a one-line error and exit code 2, never a traceback."""
     from refsav.schemas.errors import RefsavError
+
+    for name, value in QUIET_LIBRARY_BARS.items():
+        os.environ.setdefault(name, value)
 
     try:
         cli.main(args=argv, prog_name="refsav", standalone_mode=False)

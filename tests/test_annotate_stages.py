@@ -246,6 +246,7 @@ def test_the_cli_runs_a_stage_from_a_plugin_module(sav, tmp_path):
                                   "--stages", "object,check,scene,video,merge,shout"],
                           capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Loading weights" not in proc.stderr  # transformers' own bars stay out of refsav's display
     rows = [e for p in sorted((tmp_path / "out" / "data").glob("*.parquet")) for e in read_parquet(p, Expression)]
     assert rows
     for e in rows:
