@@ -53,15 +53,40 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Load a JSON file; a missing or malformed file is a one-line SchemaError."""
+def parse_json(data: bytes | str, *, file: str | os.PathLike) -> Any:
+    """Parse JSON text from an untrusted source; any failure is a one-line SchemaError.
+
+    Beyond syntax errors this covers what `json` raises on hostile but well-formed
+    text: deep nesting (RecursionError) and integers longer than Python's
+    int-parsing limit (ValueError).
+    """
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        if isinstance(data, bytes):
+            data = data.decode("utf-8-sig")
+        return json.loads(data)
+    except UnicodeDecodeError as err:
+        raise SchemaError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=file) from None
+    except json.JSONDecodeError as err:
+        raise SchemaError(f"not valid JSON ({err})", file=file) from None
+    except RecursionError:
+        raise SchemaError("JSON nested too deeply to read", file=file) from None
+    except ValueError as err:
+        # Python refuses integers of more than a few thousand digits (CVE-2020-10735).
+        raise SchemaError(f"JSON holds a number too long to read ({str(err)[:80]})", file=file) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Load a JSON file; a missing, unreadable or malformed file is a one-line SchemaError."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
     except FileNotFoundError:
         raise SchemaError("file not found", file=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SchemaError(f"not valid JSON ({err})", file=path) from None
+    except IsADirectoryError:
+        raise SchemaError("is a folder, expected a JSON file", file=path) from None
+    except OSError as err:
+        raise SchemaError(f"cannot read ({err.strerror})", file=path) from None
+    return parse_json(data, file=path)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
