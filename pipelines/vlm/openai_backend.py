@@ -4,11 +4,17 @@ lmdeploy's api_server, vLLM, SGLang and `transformers serve` all accept the same
 a user message whose content is the images as base64 data URLs followed by the text.
 Retrying is ours alone (the client's own retries are switched off) so that the bound on
 attempts and the backoff are the ones configured here.
+
+What is retried: timeouts, refused or dropped connections, HTTP 408/429/5xx, and malformed
+answers (a body that is not JSON, no choices, a message without content). A server under
+load produces all of these now and then, and the next attempt usually gets through. Other
+HTTP 4xx mean the request itself is wrong and are not retried.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import random
 import time
@@ -80,12 +86,8 @@ class OpenAIBackend:
 
     @property
     def where(self) -> str:
-        """The server, for error messages: without credentials or query, which may hold secrets."""
-        url = urlsplit(str(self._client.base_url))
-        host = url.hostname or ""
-        if url.port:
-            host = f"{host}:{url.port}"
-        return f"{url.scheme}://{host}{url.path}".rstrip("/")
+        """The server, for error messages."""
+        return _where(str(self._client.base_url))
 
     async def generate(self, request: VLMRequest) -> VLMResponse:
         import openai
@@ -120,10 +122,15 @@ class OpenAIBackend:
                     if is_retryable_status(err.status_code):
                         continue
                     raise VLMError(f"{self.where}: model {self.model}: {reason}") from None
-                except openai.OpenAIError as err:  # e.g. a response body that is not a chat completion
-                    raise VLMError(f"{self.where}: model {self.model}: {type(err).__name__}: {err}") from None
-                seconds = time.perf_counter() - start
-                return _to_response(completion, seconds, self.where, self.model)
+                except (json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError) as err:
+                    reason = f"malformed answer ({type(err).__name__}: {_one_line(err)})"
+                    continue
+                except openai.OpenAIError as err:
+                    raise VLMError(f"{self.where}: model {self.model}: {type(err).__name__}: {_one_line(err)}") from None
+                try:
+                    return _to_response(completion, time.perf_counter() - start)
+                except MalformedAnswer as err:
+                    reason = f"malformed answer ({err})"
         attempts = self.max_retries + 1
         raise VLMError(f"{self.where}: model {self.model}: gave up after {attempts} attempt{'s' * (attempts > 1)}: {reason}")
 
@@ -131,17 +138,34 @@ class OpenAIBackend:
         await self._client.close()
 
 
-def _to_response(completion, seconds: float, where: str, model: str) -> VLMResponse:
-    choices = getattr(completion, "choices", None) or []
-    if not choices or getattr(choices[0], "message", None) is None:
-        raise VLMError(f"{where}: model {model}: the server answered without a message")
+class MalformedAnswer(Exception):
+    """A 200 answer that holds no text: retried like a server error."""
+
+
+def _to_response(completion, seconds: float) -> VLMResponse:
+    if isinstance(completion, str):  # the client hands back the body when it is not JSON
+        raise MalformedAnswer(f"not a chat completion: {_one_line(completion)[:80]!r}")
+    choices = getattr(completion, "choices", None)
+    if not choices:
+        raise MalformedAnswer("no choices")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise MalformedAnswer("a choice without a message")
+    # An empty text is never an answer to an annotation prompt, and caching it would make the
+    # object's description empty on every rerun: a failed attempt, not a content problem.
+    if not isinstance(message.content, str) or not message.content:
+        raise MalformedAnswer("a message without content")
     usage = getattr(completion, "usage", None)
     return VLMResponse(
-        text=choices[0].message.content or "",
+        text=message.content,
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         seconds=seconds,
     )
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())[:300]
 
 
 def _cause(err: BaseException) -> str:
@@ -161,3 +185,37 @@ def _status_detail(err) -> str:
     else:
         text = str(getattr(err, "message", "") or err)
     return " ".join(text.split())[:300]
+
+
+def _where(base_url: str) -> str:
+    """A server URL for messages: without credentials or query, which may hold secrets."""
+    url = urlsplit(base_url)
+    host = url.hostname or ""
+    if url.port:
+        host = f"{host}:{url.port}"
+    return f"{url.scheme}://{host}{url.path}".rstrip("/")
+
+
+def check_server(base_url: str, *, timeout: float = 10.0, api_key: str | None = None) -> None:
+    """Fail fast, with one line, when nothing answers at `base_url`: one GET {base_url}/models.
+
+    Any HTTP answer counts as reachable, even an error status (some servers have no
+    /models; a server that rejects the key says so on every request anyway). Only a refused,
+    dropped or silent connection raises `VLMError`: without this check every object would
+    first wait out its retries.
+    """
+    import openai
+
+    where = _where(base_url)
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+                           timeout=timeout, max_retries=0)
+    try:
+        client.models.list()
+    except openai.APITimeoutError:
+        raise VLMError(f"the VLM server at {where} did not answer GET /models within {timeout:g} s") from None
+    except openai.APIConnectionError as err:
+        raise VLMError(f"cannot reach the VLM server at {where}: {_cause(err)}") from None
+    except Exception:  # noqa: BLE001 - it answered, if strangely: the requests will tell more
+        pass
+    finally:
+        client.close()
