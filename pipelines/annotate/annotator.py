@@ -14,7 +14,7 @@ from refsav.schemas.expression import Consistency, Expression, Provenance
 
 from ..vlm.base import GenerationConfig, VLMBackend, VLMError, VLMRequest
 from .prompts import PromptSet
-from .records import DroppedObject, Meter
+from .records import VLM_ERROR, DroppedObject, Meter
 from .stage import Answers, Ask, Drop, ObjectContext, Retry, Stage, Turn
 from .stages import BUILT_IN
 from .text import Candidate, ambiguity
@@ -50,7 +50,7 @@ class Annotator:
         try:
             outcome = await self._run_stages(obj)
         except VLMError as err:
-            outcome = Drop("vlm_error", str(err)[:500])
+            outcome = Drop(VLM_ERROR, str(err)[:500])
         if isinstance(outcome, Drop):
             return DroppedObject(obj.video_id, obj.object_id, outcome.reason, outcome.detail)
         answers, attempt = outcome

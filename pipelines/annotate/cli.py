@@ -47,7 +47,44 @@ def _print_summary(s: RunSummary) -> None:
     Console(stderr=True).print(table)
 
 
-@click.command("annotate")
+class _RecordsArgs(click.Command):
+    """Keeps the arguments as given, so that a failed run can print the command that resumes it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["refsav.annotate.args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _resume_command(ctx: click.Context) -> str:
+    import shlex
+
+    return f"{ctx.command_path} {shlex.join(ctx.meta.get('refsav.annotate.args', []))}".strip()
+
+
+def _report_failures(s: RunSummary, resume: str) -> None:
+    """Exit non-zero, saying why and how to go on, unless the run has rows and nothing to redo."""
+    if s.complete and s.objects_kept:
+        return
+    for f in s.shards_failed[:20]:
+        click.echo(f"  shard {f.shard}: {f.error}", err=True)
+    problems = []
+    if s.shards_failed:
+        problems.append(f"{len(s.shards_failed)} shard(s) failed")
+    if s.objects_failed:
+        problems.append(f"{s.objects_failed} object(s) failed on the VLM (server errors, timeouts or malformed "
+                        "answers, after retries)")
+    if s.first_error:
+        click.echo(f"first error: {s.first_error}", err=True)
+    if problems:
+        click.echo(f"rerun the same command to retry them (answers already received come from the cache):\n  {resume}",
+                   err=True)
+    if not s.objects_kept:
+        dropped = ", ".join(f"{k}: {n}" for k, n in sorted(s.objects_dropped.items())) or "no objects"
+        problems.append(f"no row was kept ({dropped})")
+    raise click.ClickException("; ".join(problems))
+
+
+@click.command("annotate", cls=_RecordsArgs)
 @click.option("--input", "input_root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="SA-V folder: <id>.mp4 with <id>_manual.json (searched recursively).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -74,18 +111,25 @@ def _print_summary(s: RunSummary) -> None:
 @click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(1), help="Videos per shard.")
 @click.option("--max-in-flight", default=8, show_default=True, type=click.IntRange(1), help="VLM requests in flight per worker.")
 @click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds per VLM request.")
-@click.option("--retries", default=3, show_default=True, type=click.IntRange(0), help="Retries per VLM request, with backoff.")
+@click.option("--retries", default=3, show_default=True, type=click.IntRange(0),
+              help="Retries per VLM request (server errors, timeouts, malformed answers), with backoff.")
+@click.option("--backoff", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Seconds before a request's first retry (--vlm openai); doubled for each next one, at most 30 s.")
 @click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(1), help="Tokens per answer.")
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0), help="Sampling temperature (0 = greedy).")
 @click.option("--prompts", "prompts_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder of prompt templates (<stage>.v<N>.txt) replacing the built-in ones.")
 @click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False),
               help="Request cache (SQLite; default OUT/cache/requests.sqlite). 'none' disables it.")
-@click.option("--retry-failed", is_flag=True, help="Redo shards where objects failed on VLM errors.")
-def annotate_command(input_root, out, backend, base_url, model, check_model, check_base_url, no_check, stages, plugins,
-                     highlight, masklets, workers, scheduler, limit, shard_size, max_in_flight, timeout, retries, max_tokens, temperature,
-                     prompts_dir, cache_path, retry_failed) -> None:
-    """Describe every SA-V masklet with a VLM in three stages and write Ref-SAV-style expressions."""
+@click.pass_context
+def annotate_command(ctx, input_root, out, backend, base_url, model, check_model, check_base_url, no_check, stages, plugins,
+                     highlight, masklets, workers, scheduler, limit, shard_size, max_in_flight, timeout, retries, backoff,
+                     max_tokens, temperature, prompts_dir, cache_path) -> None:
+    """Describe every SA-V masklet with a VLM in three stages and write Ref-SAV-style expressions.
+
+    Rerun the same command to resume: finished shards are kept, the others are redone, with
+    the answers already received taken from the request cache. The exit code is 0 only when
+    rows were kept and no object failed on the VLM."""
     from refsav.runtime.executor import make_executor
     from refsav.schemas.version import __version__
 
@@ -93,11 +137,11 @@ def annotate_command(input_root, out, backend, base_url, model, check_model, che
         raise click.UsageError("--vlm openai needs --base-url (e.g. http://127.0.0.1:23333/v1)")
     stage_list = _stage_list(stages, plugins, no_check)
     vlm = VLMSettings(backend=backend, model=model, base_url=base_url, max_in_flight=max_in_flight, timeout=timeout,
-                      max_retries=retries, max_tokens=max_tokens, temperature=temperature)
+                      max_retries=retries, backoff=backoff, max_tokens=max_tokens, temperature=temperature)
     checker = None
     if check_model or check_base_url:
         checker = VLMSettings(backend=backend, model=check_model or model, base_url=check_base_url or base_url,
-                              max_in_flight=max_in_flight, timeout=timeout, max_retries=retries,
+                              max_in_flight=max_in_flight, timeout=timeout, max_retries=retries, backoff=backoff,
                               max_tokens=max_tokens, temperature=temperature)
     if cache_path is None:
         cache_path = str(Path(out) / "cache" / "requests.sqlite")
@@ -108,11 +152,10 @@ def annotate_command(input_root, out, backend, base_url, model, check_model, che
         toolkit_version=__version__,
     )
     with make_executor(workers, scheduler) as executor:
+        # From here a server on 127.0.0.1 is this machine's; the workers of a cluster given by
+        # --scheduler may see another one, so there the requests alone tell.
         summary = annotate(input_root, out, config, executor, limit=limit, shard_size=shard_size,
-                           retry_failed=retry_failed)
+                           preflight=scheduler is None)
     _print_summary(summary)
     click.echo(f"wrote {summary.objects_kept} expressions to {Path(out) / 'data'}; stats in {Path(out) / 'run.json'}")
-    if summary.shards_failed:
-        for f in summary.shards_failed[:20]:
-            click.echo(f"  shard {f.shard}: {f.error}", err=True)
-        raise click.ClickException(f"{len(summary.shards_failed)} shard(s) failed; rerun the same command to retry them")
+    _report_failures(summary, _resume_command(ctx))

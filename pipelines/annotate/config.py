@@ -14,6 +14,7 @@ class VLMSettings:
     max_in_flight: int = 8  # requests in flight per worker
     timeout: float = 120.0  # seconds per request
     max_retries: int = 3
+    backoff: float = 1.0  # seconds before the first retry of a request (openai); doubles each time
     max_tokens: int = 256
     temperature: float = 0.0
     seed: int | None = 0
@@ -26,6 +27,7 @@ class VLMSettings:
         d.pop("max_in_flight")
         d.pop("timeout")
         d.pop("max_retries")
+        d.pop("backoff")
         return d
 
 

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 
 from ..vlm.base import VLMResponse
 
+# The drop reason of an object whose VLM request failed after its retries (server error,
+# timeout, malformed answer). Unlike the reasons a stage gives, it says nothing about the
+# object: a rerun asks again, and a run that ends with any exits non-zero.
+VLM_ERROR = "vlm_error"
+
 
 @dataclass(frozen=True)
 class SkippedVideo:

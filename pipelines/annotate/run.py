@@ -1,8 +1,10 @@
 """One annotation run: plan the shards, run them on an executor, keep run.json current.
 
 OUT/plan.json pins what the shards contain and the settings that shape their rows. A
-rerun with the same plan skips complete shards; a rerun with a different one is refused,
-because mixing rows made under two settings in one dataset is a silent error.
+rerun with the same plan skips finished shards and redoes the others: those never
+written, and those where objects failed on the VLM (their good answers come from the
+request cache). A rerun with a different plan is refused, because mixing rows made under
+two settings in one dataset is a silent error.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from refsav.schemas.io import atomic_write_json, read_json
 from .config import AnnotateConfig
 from .inputs import VideoInput, discover
 from .prompts import load_prompts
-from .records import Meter, ShardFailure
+from .records import VLM_ERROR, Meter, ShardFailure
 from .registry import resolve
-from .shards import ShardStats, ShardTask, run_shard
+from .shards import ShardStats, ShardTask, finished_stats, run_shard
 
 DEFAULT_SHARD_SIZE = 8  # videos per shard
 
@@ -46,6 +48,8 @@ class RunSummary:
     ambiguous: int = 0
     vlm: Meter = field(default_factory=Meter)
     seconds: float = 0.0
+    # The first failure, in shard order: a shard's exception, else an object's VLM error.
+    first_error: str = ""
 
     def add(self, s: ShardStats) -> None:
         self.shards_done += 1
@@ -62,7 +66,13 @@ class RunSummary:
 
     @property
     def complete(self) -> bool:
-        return self.shards_done == self.shards and not self.shards_failed
+        """Every shard written and no object failed on the VLM: a rerun has nothing to redo."""
+        return self.shards_done == self.shards and not self.shards_failed and not self.objects_failed
+
+    @property
+    def objects_failed(self) -> int:
+        """Objects without a row because their VLM requests failed; a rerun asks again."""
+        return self.objects_dropped.get(VLM_ERROR, 0)
 
 
 @dataclass(frozen=True)
@@ -122,11 +132,16 @@ def annotate(
     *,
     limit: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    retry_failed: bool = False,
+    preflight: bool = True,
     show_progress: bool = True,
 ) -> RunSummary:
     """Annotate every video under `input_root` into shards under `out`, on `executor`
-    (refsav.runtime.executor.make_executor)."""
+    (refsav.runtime.executor.make_executor).
+
+    With `preflight`, an OpenAI-compatible server that cannot be reached from here is a
+    RefsavError before any shard starts (only when some shard has work left). Turn it off
+    when the workers see the server at an address this machine does not.
+    """
     input_root, out = Path(input_root).resolve(), Path(out).resolve()
     if shard_size < 1:
         raise RefsavError(f"--shard-size must be at least 1, got {shard_size}")
@@ -143,9 +158,22 @@ def annotate(
         _check_plan(out, Plan(config.fingerprint(), tuple(prompts.refs), tuple(tuple(v.video_id for v in g) for g in groups)))
         tasks = [ShardTask(i, len(groups), g, str(input_root), str(out), config, stages, prompts)
                  for i, g in enumerate(groups)]
-        if retry_failed:
-            _forget_shards_with_vlm_errors(tasks)
+        if preflight and not all(finished_stats(t) for t in tasks):
+            _check_servers(config)
         return _run(input_root, out, config, tasks, executor, show_progress)
+
+
+def _check_servers(config: AnnotateConfig) -> None:
+    from ..vlm.base import VLMError
+
+    servers = [v for v in (config.vlm, config.checker) if v is not None and v.backend == "openai" and v.base_url]
+    for url in dict.fromkeys(v.base_url for v in servers):
+        from ..vlm.openai_backend import check_server
+
+        try:
+            check_server(url, timeout=min(config.vlm.timeout, 10.0))
+        except VLMError as err:
+            raise RefsavError(f"{err}; start the server or fix --base-url, then rerun") from None
 
 
 def _run(input_root: Path, out: Path, config: AnnotateConfig, tasks: list[ShardTask], executor: Executor,
@@ -182,14 +210,17 @@ def _run(input_root: Path, out: Path, config: AnnotateConfig, tasks: list[ShardT
             save()
             advance(1)
     summary.shards_failed.sort(key=lambda f: f.shard)
+    summary.first_error = _first_error(per_shard)
     save()
     return summary
 
 
-def _forget_shards_with_vlm_errors(tasks: list[ShardTask]) -> None:
-    """Let shards whose objects failed on the VLM run again; their good answers are cached."""
-    for task in tasks:
-        if task.stats_path.exists():
-            stats = ShardStats.from_json(json.loads(task.stats_path.read_text()))
-            if stats.objects_dropped.get("vlm_error"):
-                task.marker_path.unlink(missing_ok=True)
+def _first_error(per_shard: dict[int, ShardStats | ShardFailure]) -> str:
+    for i in sorted(per_shard):
+        outcome = per_shard[i]
+        if isinstance(outcome, ShardFailure):
+            return f"shard {i}: {outcome.error}"
+        for failure in outcome.failures:
+            if failure.reason == VLM_ERROR:
+                return f"{failure.video_id} object {failure.object_id}: {failure.detail}"
+    return ""

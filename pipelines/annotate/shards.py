@@ -10,6 +10,14 @@ Every file is written to a temporary name and renamed, so a reader never sees ha
 shard, and a killed run leaves either a whole shard or none. A shard without its marker
 is simply redone; with the request cache its VLM answers come back for free and its rows
 come out the same.
+
+A shard where objects failed on the VLM (reason `vlm_error`: server errors, timeouts,
+malformed answers, after the request's retries) is written whole, marker included, but
+counts as unfinished: the next run redoes it. Its good answers come from the cache, only
+the failed requests reach the server again, and the objects a stage dropped for what the
+model said (a failed check, an empty description) are dropped again, from cached answers.
+A shard whose every object was dropped is a Parquet file with the schema and no row group,
+which `datasets` reads as zero rows (an empty row group would break loading the folder).
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ from .annotator import Annotator, flag_ambiguous
 from .config import AnnotateConfig
 from .inputs import VideoInput
 from .prompts import PromptSet
-from .records import DroppedObject, Meter, SkippedVideo
+from .records import VLM_ERROR, DroppedObject, Meter, SkippedVideo
 from .stage import ObjectContext, Stage
 
 SPLIT = "train"
@@ -79,6 +87,11 @@ class ShardStats:
     seconds: float = 0.0
     resumed: bool = False  # True when this run found the shard already complete
 
+    @property
+    def vlm_errors(self) -> int:
+        """Objects that failed on the VLM: a rerun asks again for them."""
+        return self.objects_dropped.get(VLM_ERROR, 0)
+
     @classmethod
     def from_json(cls, d: dict) -> "ShardStats":
         known = set(cls.__dataclass_fields__)
@@ -89,18 +102,43 @@ class ShardStats:
         return cls(**values)
 
 
-def run_shard(task: ShardTask) -> ShardStats:
-    """Annotate one shard, or return its stats when it is already complete."""
-    if task.marker_path.exists() and task.data_path.exists() and task.stats_path.exists():
+def finished_stats(task: ShardTask) -> ShardStats | None:
+    """The stats of a shard that needs no more work: complete on disk, no object failed on the VLM."""
+    if not (task.marker_path.exists() and task.data_path.exists() and task.stats_path.exists()):
+        return None
+    try:
         stats = ShardStats.from_json(json.loads(task.stats_path.read_text()))
-        return dataclasses.replace(stats, resumed=True)
+    except (ValueError, TypeError):  # unreadable stats: redo the shard rather than trust it
+        return None
+    return None if stats.vlm_errors else stats
+
+
+def run_shard(task: ShardTask) -> ShardStats:
+    """Annotate one shard, or return its stats when it needs no more work."""
+    done = finished_stats(task)
+    if done is not None:
+        return dataclasses.replace(done, resumed=True)
     start = time.perf_counter()
     rows, stats = asyncio.run(_annotate_shard(task))
     stats = dataclasses.replace(stats, seconds=round(time.perf_counter() - start, 3))
     write_parquet(task.data_path, rows, Expression)
     atomic_write_json(task.stats_path, asdict(stats), indent=1)
-    atomic_write_json(task.marker_path, {"rows": len(rows), "sha256": sha256_file(task.data_path)})
+    atomic_write_json(task.marker_path, {"rows": len(rows), "sha256": sha256_file(task.data_path),
+                                         VLM_ERROR: stats.vlm_errors})
     return stats
+
+
+async def _all_or_nothing(*aws) -> list:
+    """`asyncio.gather`, except that when one fails the others are cancelled (and awaited)
+    instead of running on against backends that are being closed."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _relative(path: str, root: str) -> str:
@@ -138,12 +176,12 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
             return
         objects, not_annotatable = prepared
         seen += len(objects) + len(not_annotatable)
-        results = list(not_annotatable) + list(await asyncio.gather(*(annotator.annotate(o) for o in objects)))
+        results = list(not_annotatable) + list(await _all_or_nothing(*(annotator.annotate(o) for o in objects)))
         failures.extend(r for r in results if isinstance(r, DroppedObject))
         rows.extend(flag_ambiguous([r for r in results if isinstance(r, Expression)]))
 
     try:
-        await asyncio.gather(*(one_video(v) for v in task.videos))
+        await _all_or_nothing(*(one_video(v) for v in task.videos))
     finally:
         await describer.aclose()
         if checker is not describer:
@@ -165,6 +203,7 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
 
 
 def _backend(settings, cache_path, make_backend):
+    extra = {"backoff_base": settings.backoff} if settings.backend == "openai" else {}
     return make_backend(
         settings.backend,
         model=settings.model,
@@ -173,6 +212,7 @@ def _backend(settings, cache_path, make_backend):
         timeout=settings.timeout,
         max_retries=settings.max_retries,
         cache_path=cache_path,
+        **extra,
     )
 
 
