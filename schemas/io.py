@@ -106,7 +106,12 @@ def write_parquet(path: str | os.PathLike, records: Sequence[R], cls: type[R]) -
             raise err.at(file=path, record=i) from None
     table = pa.Table.from_pylist([rec.to_row() for rec in records], schema=cls.ARROW_SCHEMA)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        if table.num_rows:
+            pq.write_table(table, tmp)
+        else:
+            # The schema and no row group: `datasets` fails on a folder holding an empty row
+            # group ("BatchSize must be greater than 0") but reads this as zero rows.
+            pq.ParquetWriter(tmp, cls.ARROW_SCHEMA).close()
 
 
 def read_parquet(path: str | os.PathLike, cls: type[R]) -> list[R]:
