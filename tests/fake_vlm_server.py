@@ -15,6 +15,10 @@ draw (the fault is transient: with retries most requests get through), and at ra
 every request fails. Only chat completions misbehave; GET /v1/models always answers, as a
 server that is up but overloaded would.
 
+`budget` bounds how many requests get the fault (a server that fails for a while, then
+recovers); `no_rate` makes that share of the consistency checks answer NO (deterministic
+per request), for runs that drop objects for what the model said.
+
 Fault modes (FAULTS): http500, http429, hang (no answer for `hang_seconds`, beyond the
 client's timeout), malformed (a JSON body cut short), empty_choices (`choices: []`),
 empty_content (a message whose content is null), close (the connection is closed with no
@@ -39,14 +43,20 @@ def _words(digest: bytes, n: int) -> list[str]:
     return [_WORDS[b % len(_WORDS)] for b in digest[:n]]
 
 
-def answer_for(body: dict) -> str:
+def _fraction(data: bytes) -> float:
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2**64
+
+
+def answer_for(body: dict, no_rate: float = 0.0) -> str:
     """The answer to a chat request, in the format its stage asks for; a function of the
     request alone (prompt and images), so that it is the same on every run."""
     content = body["messages"][-1]["content"]
     prompt = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content if p.get("type") == "text")
-    digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).digest()
-    a, b, c = _words(digest, 3)
+    messages = json.dumps(body["messages"], sort_keys=True).encode()
+    a, b, c = _words(hashlib.sha256(messages).digest(), 3)
     if "Answer YES or NO" in prompt:
+        if _fraction(b"check:" + messages) < no_rate:
+            return "NO. The outline is around something else."
         return "YES. The description matches the highlighted object."
     if "Category:" in prompt:
         return f"Category: {a} thing\nDescription: A {b} {a} thing with a {c} edge."
@@ -58,9 +68,12 @@ def answer_for(body: dict) -> str:
 
 
 class FakeVLMServer:
-    def __init__(self, fault: str | None = None, rate: float = 0.0, *, hang_seconds: float = 5.0) -> None:
+    def __init__(self, fault: str | None = None, rate: float = 0.0, *, hang_seconds: float = 5.0,
+                 no_rate: float = 0.0) -> None:
         self.model = MODEL
         self.hang_seconds = hang_seconds
+        self.no_rate = no_rate
+        self.hide_models = False  # True: GET /v1/models is a 404, as on servers that lack it
         self.set_fault(fault, rate)
         self.sent: Counter[str] = Counter()  # request body hash -> times seen
         self.requests = 0
@@ -74,10 +87,10 @@ class FakeVLMServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
-    def set_fault(self, fault: str | None, rate: float = 1.0) -> None:
+    def set_fault(self, fault: str | None, rate: float = 1.0, budget: int | None = None) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
-        self.fault, self.rate = fault, rate if fault else 0.0
+        self.fault, self.rate, self.budget = fault, rate if fault else 0.0, budget
 
     def _draw(self, raw: bytes) -> bool:
         """Does this request get the fault? Deterministic in (body, times sent before)."""
@@ -86,11 +99,12 @@ class FakeVLMServer:
             attempt = self.sent[key]
             self.sent[key] += 1
             self.requests += 1
-            if not self.fault:
+            if not self.fault or (self.budget is not None and self.budget <= 0):
                 return False
-            h = hashlib.sha256(f"{key}:{attempt}".encode()).digest()
-            hit = int.from_bytes(h[:8], "big") / 2**64 < self.rate
+            hit = _fraction(f"{key}:{attempt}".encode()) < self.rate
             self.faults += hit
+            if hit and self.budget is not None:
+                self.budget -= 1
             return hit
 
     def _handler(self):
@@ -111,7 +125,7 @@ class FakeVLMServer:
                 self.wfile.write(data)
 
             def do_GET(self):
-                if self.path.rstrip("/") == "/v1/models":
+                if self.path.rstrip("/") == "/v1/models" and not server.hide_models:
                     self.send_json(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
                 else:
                     self.send_json(404, {"error": {"message": "not found"}})
@@ -125,7 +139,7 @@ class FakeVLMServer:
                 if server._draw(raw):
                     server.misbehave(self)
                     return
-                text = answer_for(body)
+                text = answer_for(body, server.no_rate)
                 self.send_json(200, completion(text, body.get("model", "")))
 
         return Handler
