@@ -198,8 +198,10 @@ def build_dataset_folder(
     rule: SplitRule = SplitRule(),
     shard_rows: int = DEFAULT_SHARD_ROWS,
     license: str = DEFAULT_LICENSE,
+    note: str = "",
 ) -> BuiltDataset:
-    """Write data/*.parquet and README.md into `folder`, replacing an earlier build there."""
+    """Write data/*.parquet and README.md into `folder`, replacing an earlier build there.
+    `note` is put at the top of the card's body."""
     import pyarrow as pa
 
     from .dataset_card import CardInputs, dataset_stats, provenance_summary, render_card
@@ -246,6 +248,7 @@ def build_dataset_folder(
         run_config=run.run.get("config") if isinstance(run.run.get("config"), dict) else {},
         run_summary=run.run.get("summary") if isinstance(run.run.get("summary"), dict) else {},
         license=license,
+        note=note,
     ))
     atomic_write_text(folder / "README.md", card)
     return result
@@ -324,12 +327,32 @@ class UploadError(RuntimeError):
 TRANSIENT_STATUS = frozenset({408, 425, 429})
 _TRANSIENT_NAMES = frozenset({"TransportError", "TimeoutException", "ConnectError", "ConnectionError", "Timeout",
                               "ReadTimeout", "ConnectTimeout", "RemoteProtocolError", "ChunkedEncodingError"})
+# Errors that look like connection errors but no wait can fix: huggingface_hub's offline
+# mode is a ConnectionError raised before any request, a missing token is an OSError.
+_PERMANENT_NAMES = frozenset({"OfflineModeIsEnabled", "LocalTokenNotFoundError"})
+# What to do about a permanent HTTP status, for the one-line error.
+_STATUS_HINTS = {
+    401: "the Hub did not accept the token: log in (`hf auth login`) or set HF_TOKEN",
+    403: "the token may not write to this repository or organisation",
+    404: "no such repository or organisation, or the token cannot see it",
+}
+
+
+def _status(err: BaseException) -> int | None:
+    try:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+    except Exception:  # noqa: BLE001 - some HTTP errors raise when asked for an absent response
+        return None
+    return status if isinstance(status, int) else None
 
 
 def is_transient(err: BaseException) -> bool:
-    """True for errors a retry can fix: 5xx, 408/425/429, and dropped or timed-out connections."""
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    if isinstance(status, int):
+    """True for errors a retry can fix: 5xx, 408/425/429, and dropped or timed-out connections;
+    False for offline mode, a missing token and every other 4xx (401, 403, 404 ...)."""
+    if any(cls.__name__ in _PERMANENT_NAMES for cls in type(err).__mro__):
+        return False
+    status = _status(err)
+    if status is not None:
         return status >= 500 or status in TRANSIENT_STATUS
     if isinstance(err, (ConnectionError, TimeoutError)):
         return True
@@ -386,7 +409,9 @@ def upload_dataset(
                 return call(), attempt, False
             except Exception as err:  # noqa: BLE001 - classified just below
                 if not is_transient(err):
-                    raise UploadError(f"{what} failed: {type(err).__name__}: {_one_line(err)}") from None
+                    hint = _STATUS_HINTS.get(_status(err) or 0)
+                    raise UploadError(f"{what} failed: {type(err).__name__}: {_one_line(err)}"
+                                      + (f" ({hint})" if hint else "")) from None
                 if recovered is not None:
                     found = recovered()
                     if found is not None:
@@ -455,13 +480,16 @@ def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="Licence id for the card (SA-V is CC BY 4.0; mind the terms of the models that wrote the text).")
 @click.option("--attempts", default=5, show_default=True, type=click.IntRange(1), help="Upload attempts on network errors.")
 @click.option("--allow-incomplete", is_flag=True, help="Publish even if some shards of the run are missing.")
+@click.option("--card-note", default="", help="A notice for the top of the dataset card, e.g. what the rows must not be used for.")
 def publish_command(data: Path, repo_id: str, folder: Path | None, private: bool, dry_run: bool, val_fraction: float,
-                    split_seed: int, shard_rows: int, license_: str, attempts: int, allow_incomplete: bool) -> None:
+                    split_seed: int, shard_rows: int, license_: str, attempts: int, allow_incomplete: bool,
+                    card_note: str) -> None:
     """Publish an annotation run as a Hugging Face dataset: Parquet splits, a dataset card, one commit."""
     run = load_annotated(data, allow_incomplete=allow_incomplete)
     folder = folder or data / "hub"
     rule = SplitRule(val_fraction, split_seed)
-    built = build_dataset_folder(run, folder, repo_id=repo_id, rule=rule, shard_rows=shard_rows, license=license_)
+    built = build_dataset_folder(run, folder, repo_id=repo_id, rule=rule, shard_rows=shard_rows, license=license_,
+                                 note=card_note)
     counts = validate_folder(built, expected=run.expressions)
     for s in built.splits:
         click.echo(f"  {s.name:<10} {s.videos:>7} videos {s.num_examples:>9} expressions  ({len(s.files)} file(s))")
@@ -469,7 +497,11 @@ def publish_command(data: Path, repo_id: str, folder: Path | None, private: bool
     if dry_run:
         click.echo(f"dry run: not uploaded to {repo_id}")
         return
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise click.ClickException(f"not uploaded to {repo_id}: HF_HUB_OFFLINE is set, so huggingface_hub makes no "
+                                   f"request; unset it to upload (the folder {folder} is ready), or pass --dry-run")
 
     try:
         result = upload_dataset(HfApi(), folder, repo_id, private=private, attempts=attempts,

@@ -309,3 +309,56 @@ def test_transient_error_classification():
     assert is_transient(transport.ConnectError("refused")) and is_transient(transport.ReadTimeout("slow"))
     assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
     assert not is_transient(FileNotFoundError("README.md")) and not is_transient(ValueError("bad repo id"))
+
+
+def test_offline_mode_and_permanent_statuses_fail_at_once(folder):
+    transport = sys.modules[hub_errors.Response.__module__]
+    request = transport.Request("POST", "https://huggingface.co/api/repos/create")
+
+    def hub_error(status):
+        return hub_errors.HfHubHTTPError(f"status {status}", response=transport.Response(status, request=request))
+
+    offline = hub_errors.OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/repos/create: offline mode")
+    assert isinstance(offline, ConnectionError) and not is_transient(offline)
+    assert not is_transient(hub_errors.LocalTokenNotFoundError("no token"))
+    for err, hint in ((offline, ""), (hub_error(401), "HF_TOKEN"), (hub_error(403), "may not write"),
+                      (hub_error(404), "no such repository")):
+        hub = FakeHub(create_failures=[err])
+        with pytest.raises(UploadError) as info:
+            upload_dataset(hub, folder, "org/name", sleep=lambda s: pytest.fail(f"slept on {err!r}"))
+        assert "\n" not in str(info.value) and hint in str(info.value)
+        assert [c[0] for c in hub.calls] == ["create_repo"]  # one attempt, no upload
+
+
+def test_publish_with_offline_hub_is_one_line_and_uploads_nothing(published, tmp_path, monkeypatch, capsys):
+    fx, _ = published
+    monkeypatch.setattr(huggingface_hub, "HfApi", _NoHub)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["publish", "--data", str(fx.out), "--repo-id", "o/n", "--folder", str(tmp_path / "hub")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "HF_HUB_OFFLINE is set" in err and "--dry-run" in err
+
+
+def test_card_note_and_commands_that_run(published, tmp_path):
+    """The card's notice, and its example commands name every option their command requires."""
+    import click
+
+    from refsav.cli import COMMANDS
+
+    fx, _ = published
+    note = "a demo: every text comes from a random-weight model."
+    assert main(["publish", "--data", str(fx.out), "--repo-id", "o/n", "--folder", str(tmp_path / "hub"), "--dry-run",
+                 "--card-note", note]) == 0
+    _, body = _front_matter(tmp_path / "hub" / "README.md")
+    assert body.lstrip().split("\n\n")[1] == f"> **Note:** {note}"
+    commands = [line for line in body.splitlines() if line.startswith("refsav ")]
+    assert {c.split()[1] for c in commands} == {"export", "score"}
+    for line in commands:
+        words = line.split()
+        module, attr, _ = COMMANDS[words[1]]
+        command = getattr(__import__(module, fromlist=[attr]), attr)
+        if isinstance(command, click.Group):
+            command = command.commands[words[2]]
+        required = [p for p in command.params if isinstance(p, click.Option) and p.required]
+        missing = [p.opts[0] for p in required if not set(p.opts) & set(words)]
+        assert not missing, f"{line!r} lacks {missing}"
