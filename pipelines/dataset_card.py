@@ -76,6 +76,7 @@ class CardInputs:
     run_config: dict[str, Any]
     run_summary: dict[str, Any]
     license: str
+    note: str = ""  # shown first, as a notice: e.g. that the rows come from a random-weight model
 
 
 def _words(text: str) -> int:
@@ -173,6 +174,7 @@ def render_card(inputs: CardInputs) -> str:
     lines = [
         "---", card_yaml(inputs).rstrip("\n"), "---", "",
         f"# {name.split('/')[-1]}", "",
+        *([f"> **Note:** {' '.join(inputs.note.split())}", ""] if inputs.note.strip() else []),
         "Referring expressions for objects of [SA-V](https://ai.meta.com/datasets/segment-anything-video/) videos, "
         "in the Ref-SAV style of Sa2VA: one row per SA-V masklet with a long expression (`formated`) and 1-3 short "
         "ones (`short_caps`), written by a vision-language model in three stages (object, scene, video), checked for "
@@ -252,7 +254,7 @@ def render_card(inputs: CardInputs) -> str:
         "```bash",
         f"refsav export refsav-json --data OUT --out Ref-SAV.json --split train {inputs.split_args}",
         f"refsav export benchmark --data OUT --out ref_sav_eval --split validation {inputs.split_args} --select 2000 --seed 0",
-        "refsav score --protocol refsav --gt ref_sav_eval --pred results.json",
+        "refsav score --protocol refsav --gt ref_sav_eval --pred results.json --out scores",
         "```",
         "",
         "## Citation", "",

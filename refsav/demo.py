@@ -22,6 +22,15 @@ from refsav.schemas.sav import read_sav_json
 from refsav.pipelines.sample import CHUNK, EVAL, SampleConfig, write_sample
 
 
+# The card of the demo's dataset folder says what its rows are, so that a copy of the folder
+# cannot pass for a dataset.
+DEMO_CARD_NOTE = (
+    "a demo, not a dataset. These rows were written by `refsav demo`: the videos are synthetic and every text "
+    "comes from a tiny random-weight VLM, so the expressions are noise. They show the format and the pipeline "
+    "only; do not train or evaluate on them."
+)
+
+
 @click.command("demo")
 @click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--videos", default=4, show_default=True, type=click.IntRange(1))
@@ -71,7 +80,8 @@ def demo_command(out: Path, videos: int, seed: int) -> None:
     from refsav.pipelines.publish import publish_command
 
     publish_command.main(["--data", str(out / "annotated"), "--repo-id", "your-org/refsav-demo",
-                          "--folder", str(out / "hub"), "--dry-run"], standalone_mode=False)
+                          "--folder", str(out / "hub"), "--dry-run", "--card-note", DEMO_CARD_NOTE],
+                         standalone_mode=False)
     export_group.main(["refsav-json", "--data", str(out / "annotated"), "--out", str(out / "exports" / "Ref-SAV.json")],
                       standalone_mode=False)
     try:
