@@ -72,7 +72,8 @@ def load_annotated(out: str | os.PathLike, *, allow_incomplete: bool = False) ->
     """Read and check an annotate output folder; bad or partial folders are a SchemaError.
 
     A shard counts as complete when its completion marker exists (annotate writes it
-    last); publishing half a run by accident is refused unless `allow_incomplete`.
+    last) and records no object that failed on the VLM (a rerun of annotate would redo
+    it); publishing half a run by accident is refused unless `allow_incomplete`.
     """
     out = Path(out)
     if not out.is_dir():
@@ -106,9 +107,15 @@ def _check_complete(out: Path, shards: Sequence[Path]) -> None:
         expected = total if expected is None else expected
         if total != expected:
             raise SchemaError(f"shards of two runs: '-of-{expected:05d}' and '-of-{total:05d}'", file=shard)
-        if not (out / "markers" / f"shard-{index:05d}.done").exists():
+        marker = out / "markers" / f"shard-{index:05d}.done"
+        if not marker.exists():
             raise SchemaError("shard has no completion marker (markers/shard-*.done): the run is incomplete; "
                               "rerun refsav annotate, or pass --allow-incomplete", file=shard)
+        record = read_json(marker)
+        failed = record.get("vlm_error", 0) if isinstance(record, dict) else 0
+        if isinstance(failed, int) and not isinstance(failed, bool) and failed > 0:
+            raise SchemaError(f"{failed} object(s) of this shard failed on the VLM and have no row: rerun "
+                              "refsav annotate to retry them, or pass --allow-incomplete", file=marker)
         seen.add(index)
     if expected is not None and len(seen) < expected:
         missing = min(set(range(expected)) - seen)

@@ -161,6 +161,11 @@ def test_a_shard_where_every_object_failed_keeps_the_folder_loadable(sav, clean,
         ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "data"), cache_dir=str(tmp_path / "hf"))
         assert ds["train"].num_rows == markers[1]["rows"]
         assert list(ds["train"].features) == Expression.ARROW_SCHEMA.names
+        # Publishing it by accident is refused; on purpose it works, empty shard and all.
+        publish = ["publish", "--data", str(tmp_path / "out"), "--repo-id", "o/n", "--dry-run"]
+        code, err = annotate(publish, capsys)
+        assert code == 2 and "failed on the VLM" in err and "\n" not in err.strip()
+        assert annotate([*publish, "--allow-incomplete"], capsys)[0] == 0
 
         code, err = annotate(args, capsys)  # the budget is spent: the server works again
         assert code == 0, err[-2000:]
