@@ -472,7 +472,7 @@ _split_options = [
     click.option("--val-fraction", default=DEFAULT_VAL_FRACTION, show_default=True,
                  type=click.FloatRange(0.0, 1.0, max_open=True), help="Validation fraction of the split (as in publish)."),
     click.option("--split-seed", default=DEFAULT_SPLIT_SEED, show_default=True, type=int, help="Seed of the split (as in publish)."),
-    click.option("--allow-incomplete", is_flag=True, help="Use a run even if some of its shards are missing."),
+    click.option("--allow-incomplete", is_flag=True, help="Use a run even if shards are missing or have objects that failed on the VLM."),
 ]
 
 

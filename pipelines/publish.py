@@ -486,7 +486,7 @@ def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--license", "license_", default=DEFAULT_LICENSE, show_default=True,
               help="Licence id for the card (SA-V is CC BY 4.0; mind the terms of the models that wrote the text).")
 @click.option("--attempts", default=5, show_default=True, type=click.IntRange(1), help="Upload attempts on network errors.")
-@click.option("--allow-incomplete", is_flag=True, help="Publish even if some shards of the run are missing.")
+@click.option("--allow-incomplete", is_flag=True, help="Publish even if shards of the run are missing or have objects that failed on the VLM.")
 @click.option("--card-note", default="", help="A notice for the top of the dataset card, e.g. what the rows must not be used for.")
 def publish_command(data: Path, repo_id: str, folder: Path | None, private: bool, dry_run: bool, val_fraction: float,
                     split_seed: int, shard_rows: int, license_: str, attempts: int, allow_incomplete: bool,
