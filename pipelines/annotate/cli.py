@@ -79,8 +79,10 @@ def _report_failures(s: RunSummary, resume: str) -> None:
         click.echo(f"rerun the same command to retry them (answers already received come from the cache):\n  {resume}",
                    err=True)
     if not s.objects_kept:
-        dropped = ", ".join(f"{k}: {n}" for k, n in sorted(s.objects_dropped.items())) or "no objects"
-        problems.append(f"no row was kept ({dropped})")
+        why = [f"{k}: {n}" for k, n in sorted(s.objects_dropped.items())]
+        if s.videos_skipped:
+            why.append(f"videos skipped: {s.videos_skipped}")
+        problems.append(f"no row was kept ({', '.join(why) or 'no objects'})")
     raise click.ClickException("; ".join(problems))
 
 

@@ -164,12 +164,13 @@ def annotate(
 
 
 def _check_servers(config: AnnotateConfig) -> None:
-    from ..vlm.base import VLMError
-
     servers = [v for v in (config.vlm, config.checker) if v is not None and v.backend == "openai" and v.base_url]
-    for url in dict.fromkeys(v.base_url for v in servers):
-        from ..vlm.openai_backend import check_server
+    if not servers:
+        return
+    from ..vlm.base import VLMError
+    from ..vlm.openai_backend import check_server
 
+    for url in dict.fromkeys(v.base_url for v in servers):
         try:
             check_server(url, timeout=min(config.vlm.timeout, 10.0))
         except VLMError as err:
