@@ -29,3 +29,4 @@ def test_demo_output_is_unchanged(tmp_path):
     assert lines == want["stdout"]
     for kind, scores in want["scores"].items():
         assert demo_scores(tmp_path / "demo" / "scores" / kind / "scores.json") == scores, kind
+    assert "tiny random-weight VLM" in (tmp_path / "demo" / "hub" / "README.md").read_text()  # the card says so
