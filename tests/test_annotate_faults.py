@@ -221,3 +221,18 @@ def test_a_server_without_models_endpoint_passes_the_preflight(sav, clean, tmp_p
         code, err = annotate(argv(sav, tmp_path / "out", server.base_url), capsys)
     assert code == 0, err[-2000:]
     assert comparable(tmp_path / "out") == comparable(clean)
+
+
+def test_a_silent_server_fails_the_preflight_within_its_timeout():
+    from refsav.pipelines.vlm.base import VLMError
+    from refsav.pipelines.vlm.openai_backend import check_server
+
+    with socket.socket() as sock:  # accepts connections (the kernel does) but never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        t0 = time.monotonic()
+        with pytest.raises(VLMError) as info:
+            check_server(base_url, timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert str(info.value) == f"the VLM server at {base_url} did not answer GET /models within 0.5 s"
