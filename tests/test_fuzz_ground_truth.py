@@ -451,3 +451,22 @@ def test_every_malformed_ground_truth_is_one_line(valid_gt, tmp_path):
     print("peak resident memory, largest cases:", [(n, f"{b / 2**20:.0f} MiB") for b, n in sorted(peaks)[-3:]])
     assert not failures, "\n".join(failures)
     assert slowest < CASE_SECONDS / 2
+
+
+def test_davis_ground_truth_png_above_the_size_limit_is_refused_from_its_header(tmp_path, capsys):
+    """A DAVIS ground-truth PNG that would decode to more than the frame limit is refused
+    before its pixels are read (a 9000x10 image here; the header is all that is looked at)."""
+    from PIL import Image
+
+    from refsav.cli import main
+
+    for folder in ("gt/seq", "pred/seq"):
+        (tmp_path / folder).mkdir(parents=True)
+    for t in range(3):
+        Image.fromarray(np.zeros((MAX_FRAME_SIDE + 808, 10), np.uint8), mode="L").save(tmp_path / "gt" / "seq" / f"{t:05d}.png")
+        Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(tmp_path / "pred" / "seq" / f"{t:05d}.png")
+    code = main(["score", "--protocol", "davis17-semi", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"),
+                 "--sequences", "seq", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "00000.png" in err[-1] and "limit" in err[-1]
+    assert not (tmp_path / "out").exists()
