@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -81,7 +81,6 @@ class Case:
     protocol: str = "refsav"
     code: int = 2
     issue: str | None = None  # exit 0: the kind of issue scores.json must list
-    notes: dict = field(default_factory=dict)
 
 
 def meta_edit(fn: Callable[[dict], None]) -> Callable[[Path], None]:
