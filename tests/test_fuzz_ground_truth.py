@@ -81,6 +81,7 @@ class Case:
     protocol: str = "refsav"
     code: int = 2
     issue: str | None = None  # exit 0: the kind of issue scores.json must list
+    gt_arg: str | None = None  # pass this path inside the folder as --gt instead of the folder
 
 
 def meta_edit(fn: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -248,6 +249,10 @@ CASES = [
     Case("size-one-side-too-long", video0(lambda v: v.update(height=4, width=MAX_FRAME_SIDE + 1)),
          (_META, "record v0", "field 'height'", "limit")),
     Case("meta-missing", removed(_META), ("no meta_expressions",)),
+    Case("gt-is-a-file", lambda gt: None, (_META, "no meta_expressions"), gt_arg=_META),
+    Case("gt-is-a-fifo", lambda gt: os.mkfifo(gt / "fifo"), ("fifo", "no meta_expressions"), gt_arg="fifo"),
+    Case("gt-is-a-device", lambda gt: (gt / "zero").symlink_to("/dev/zero"), ("zero", "no meta_expressions"),
+         gt_arg="zero"),
     # mask_dict.json
     Case("masks-not-json", write_bytes(_MASKS, b"\x00\x01garbage"), (_MASKS,)),
     Case("masks-as-list", write_bytes(_MASKS, b"[]"), (_MASKS, "keyed by anno_id")),
@@ -410,7 +415,8 @@ def test_every_malformed_ground_truth_is_one_line(valid_gt, tmp_path):
         captured.mkdir(parents=True)
         out = case_dir / "out"
         before = snapshot(case_dir, out)
-        got = run_in_child(["score", "--protocol", case.protocol, "--gt", str(gt), "--pred", str(pred / "results.json"),
+        gt_arg = gt / case.gt_arg if case.gt_arg else gt
+        got = run_in_child(["score", "--protocol", case.protocol, "--gt", str(gt_arg), "--pred", str(pred / "results.json"),
                             "--out", str(out)], case_dir / "cwd", case_dir / "tmp", captured)
         slowest = max(slowest, got.seconds)
         peaks.append((got.peak_bytes, case.name))
