@@ -40,6 +40,8 @@ CSVs hold fractions.
 
 Where this scorer deliberately differs from the official code (documented choices):
 
+* ground-truth PNGs larger than ``refsav.schemas.limits`` allows (8192 pixels a side,
+  40 million a frame) are refused from their header, before any pixel is decoded;
 * a missing sequence or frame, a corrupt, mis-sized or non-id (RGB) PNG is an ``Issue``
   and is scored as an empty mask (the official code exits or crashes);
 * prediction ids above the GT object count (semi) or above 20 (unsup) are an ``Issue``
@@ -65,6 +67,8 @@ import numpy as np
 
 from refsav.runtime.executor import make_executor, results_in_order
 from refsav.schemas.errors import SchemaError
+from refsav.schemas.io import read_bytes
+from refsav.schemas.limits import check_frame_size
 
 from .files import DEFAULT_MAX_UNZIPPED, ReadOnlyFiles
 from .metrics import db_statistics, f_per_frame, j_per_frame
@@ -187,15 +191,18 @@ class _NotIds(ValueError):
     """A readable image whose pixels are colours, not ids."""
 
 
-def _decode_ids(data: bytes) -> np.ndarray:
+def _decode_ids(data: bytes, check_size: Callable[[int, int], object] | None = None) -> np.ndarray:
     """PNG bytes -> (H, W) integer array of ids.
 
     Raises OSError/ValueError (and PIL's subclasses) for unreadable data and
     ``_NotIds`` for images that hold colours rather than ids (RGB, float).
+    ``check_size(height, width)`` sees the header's size before any pixel is decoded.
     """
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
+        if check_size is not None:
+            check_size(img.height, img.width)
         img.load()
         mode = img.mode
         arr = np.asarray(img)
@@ -263,7 +270,9 @@ class DavisGroundTruth:
         for t, frame in enumerate(frames):
             path = self.mask_dir / seq / f"{frame}.png"
             try:
-                arr = _decode_ids(path.read_bytes())
+                arr = _decode_ids(read_bytes(path, "PNG file"), partial(check_frame_size, file=path))
+            except SchemaError:
+                raise
             except _unreadable() as err:
                 raise SchemaError(f"unreadable ground-truth PNG ({err})", file=path) from None
             if labels is None:

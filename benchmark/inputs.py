@@ -28,7 +28,15 @@ from refsav.schemas import rle as rle_ops
 from refsav.schemas.errors import SchemaError
 from refsav.schemas.io import read_json, read_parquet
 from refsav.schemas.predictions import VideoPrediction
-from refsav.schemas.refvos import RefExpression, RefVideo, find_meta, read_mask_dict, read_meta_expressions
+from refsav.schemas.limits import check_frame_size
+from refsav.schemas.refvos import (
+    RefExpression,
+    RefVideo,
+    find_mask_dict,
+    find_meta,
+    read_mask_dict_lists,
+    read_meta_expressions,
+)
 from refsav.schemas.rle import Rle
 
 from .files import DEFAULT_MAX_UNZIPPED, ReadOnlyFiles
@@ -43,37 +51,43 @@ from .report import Issue
 class RefVosGroundTruth:
     videos: list[RefVideo]
     masks: Mapping[str, list[Rle | None]]  # mask_dict (a MaskDict when loaded from a folder)
-    foreground: dict[str, list[Rle]] | None = None  # ReVOS mask_dict_foreground, per video
+    foreground: dict[str, list[Rle | None]] | None = None  # ReVOS mask_dict_foreground, per video
+    mask_file: str | None = None  # where the masks came from, for error messages
+    foreground_file: str | None = None
 
     @classmethod
     def load(cls, root: str | os.PathLike, meta_name: str | None = None) -> "RefVosGroundTruth":
         root = Path(root)
         meta_path = root / meta_name if meta_name else find_meta(root)
-        gt = cls(read_meta_expressions(meta_path), _read_mask_dict(root / "mask_dict.json"))
-        fg_path = root / "mask_dict_foreground.json"
-        if fg_path.exists():
-            raw = json.loads(fg_path.read_text())
-            gt.foreground = {v: [Rle.from_json(r) for r in e["masks_rle"]] for v, e in raw.items()}
+        mask_path = find_mask_dict(root)
+        gt = cls(read_meta_expressions(meta_path), _read_mask_dict(mask_path), mask_file=str(mask_path))
+        fg_path = root / FOREGROUND_NAME
+        if os.path.lexists(fg_path):
+            gt.foreground, gt.foreground_file = _read_foreground(fg_path), str(fg_path)
         return gt
 
     def frame_size(self, video: RefVideo) -> tuple[int, int]:
+        """The video's height/width, else the size of its first non-empty GT mask (Ref-DAVIS17
+        as ReferFormer converts it has no sizes in its meta file)."""
         if video.height and video.width:
             return video.height, video.width
         for exp in video.expressions:
             for a in exp.anno_id:
-                for r in self.masks.get(str(a), []):
+                for t, r in enumerate(self.masks.get(str(a), [])):
                     if r is not None:
-                        return r.size
-        raise SchemaError("cannot tell the frame size: no height/width and no non-empty mask", record=video.video_id)
+                        return check_frame_size(*r.size, file=self.mask_file, record=f"{a}[{t}]", field="size")
+        raise SchemaError("cannot tell the frame size: no height/width and no non-empty mask", file=self.mask_file,
+                          record=video.video_id, field="height")
 
     def _object_rles(self, video: RefVideo, exp: RefExpression, anno_id: int) -> list[Rle | None]:
         rles = self.masks.get(str(anno_id))
         if rles is None:
-            raise SchemaError(f"anno_id {anno_id} is not in mask_dict.json", record=f"{video.video_id}/{exp.exp_id}", field="anno_id")
+            raise SchemaError(f"anno_id {anno_id} is not in {Path(self.mask_file or 'mask_dict.json').name}",
+                              file=self.mask_file, record=f"{video.video_id}/{exp.exp_id}", field="anno_id")
         if len(rles) != len(video.frames):
             raise SchemaError(
                 f"mask_dict[{anno_id}] has {len(rles)} masks for {len(video.frames)} frames",
-                record=f"{video.video_id}/{exp.exp_id}", field="anno_id",
+                file=self.mask_file, record=f"{video.video_id}/{exp.exp_id}", field="anno_id",
             )
         return rles
 
@@ -82,7 +96,9 @@ class RefVosGroundTruth:
         h, w = self.frame_size(video)
         out = np.zeros((len(video.frames), h, w), dtype=bool)
         for a in exp.anno_id:
-            for t, r in enumerate(self._object_rles(video, exp, a)):
+            rles = self._object_rles(video, exp, a)
+            _check_sizes(rles, (h, w), str(a), self.mask_file)
+            for t, r in enumerate(rles):
                 if r is not None:
                     out[t] |= rle_ops.decode(r)
         return out
@@ -103,18 +119,27 @@ class RefVosGroundTruth:
             for a in key:
                 if (a,) not in cache:
                     rles = self._object_rles(video, exp, a)
-                    _check_sizes(rles, (h, w), f"mask_dict[{a}]")
+                    _check_sizes(rles, (h, w), str(a), self.mask_file)
                     cache[(a,)] = RunMasks.from_rles(rles, h, w)
                 out = cache[(a,)] if len(key) == 1 else out.union(cache[(a,)])
             cache[key] = out
         return cache[key]
 
+    def _foreground_rles(self, video: RefVideo, size: tuple[int, int]) -> list[Rle | None] | None:
+        if not self.foreground or video.video_id not in self.foreground:
+            return None
+        rles = self.foreground[video.video_id]
+        if len(rles) != len(video.frames):
+            raise SchemaError(f"{len(rles)} masks for {len(video.frames)} frames", file=self.foreground_file,
+                              record=video.video_id, field="masks_rle")
+        _check_sizes(rles, size, f"{video.video_id}.masks_rle", self.foreground_file)
+        return rles
+
     def foreground_areas(self, video: RefVideo, cache: dict[tuple[int, ...], RunMasks] | None = None) -> np.ndarray:
         """|``video_foreground``| per frame, int64 (T,), from runs."""
         h, w = self.frame_size(video)
-        if self.foreground and video.video_id in self.foreground:
-            rles = self.foreground[video.video_id]
-            _check_sizes(rles, (h, w), f"mask_dict_foreground[{video.video_id}]")
+        rles = self._foreground_rles(video, (h, w))
+        if rles is not None:
             return RunMasks.from_rles(rles, h, w).areas()
         out = RunMasks.empty(len(video.frames), h, w)
         for exp in video.expressions:
@@ -123,19 +148,52 @@ class RefVosGroundTruth:
 
     def video_foreground(self, video: RefVideo) -> np.ndarray:
         """Bool (T, H, W) union of every object any expression of the video refers to (ReVOS R)."""
-        if self.foreground and video.video_id in self.foreground:
-            return rle_ops.decode_many(self.foreground[video.video_id])
         h, w = self.frame_size(video)
+        rles = self._foreground_rles(video, (h, w))
         out = np.zeros((len(video.frames), h, w), dtype=bool)
+        if rles is not None:
+            for t, r in enumerate(rles):
+                if r is not None:
+                    out[t] = rle_ops.decode(r)
+            return out
         for exp in video.expressions:
             out |= self.expression_mask(video, exp)
         return out
 
 
-def _check_sizes(rles: list[Rle | None], size: tuple[int, int], where: str) -> None:
+FOREGROUND_NAME = "mask_dict_foreground.json"
+
+
+def _check_sizes(rles: list[Rle | None], size: tuple[int, int], where: str, file: str | None = None) -> None:
     for t, r in enumerate(rles):
         if r is not None and tuple(r.size) != tuple(size):
-            raise SchemaError(f"mask is {r.size[0]}x{r.size[1]}, the video is {size[0]}x{size[1]}", record=f"{where}[{t}]")
+            raise SchemaError(f"mask is {r.size[0]}x{r.size[1]}, the video is {size[0]}x{size[1]}",
+                              file=file, record=f"{where}[{t}]", field="size")
+
+
+def _read_foreground(path: Path) -> dict[str, list[Rle | None]]:
+    """mask_dict_foreground.json: {video: {"masks_rle": [RLE per frame], ...}}, every RLE checked
+    (null, which VISA never writes, reads as an empty frame)."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise SchemaError(f"expected an object keyed by video id, got {type(obj).__name__}", file=path)
+    out: dict[str, list[Rle | None]] = {}
+    for vid, entry in obj.items():
+        if not isinstance(entry, dict) or "masks_rle" not in entry:
+            raise SchemaError("required key is missing", file=path, record=vid, field="masks_rle")
+        raw = entry["masks_rle"]
+        if not isinstance(raw, list):
+            raise SchemaError(f"expected a list with one RLE per frame, got {type(raw).__name__}", file=path,
+                              record=vid, field="masks_rle")
+        parsed = iter(rles_from_json([r for r in raw if r is not None]))
+        rles: list[Rle | None] = []
+        for t, r in enumerate(raw):
+            rle = None if r is None else next(parsed)
+            if isinstance(rle, SchemaError):
+                raise rle.within(f"masks_rle[{t}]", file=path, record=vid) from None
+            rles.append(rle)
+        out[str(vid)] = rles
+    return out
 
 
 def _plain_rle(obj: object) -> tuple[int, int, str] | None:
@@ -213,11 +271,8 @@ class MaskDict(Mapping[str, list[Rle | None]]):
 
 
 def _read_mask_dict(path: Path) -> MaskDict:
-    """mask_dict.json, shape-checked now (errors as ``read_mask_dict``), RLEs when read."""
-    obj = read_json(path)
-    if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
-        read_mask_dict(path)  # raises the reference error
-    return MaskDict({str(k): v for k, v in obj.items()}, path)
+    """mask_dict.json or .pkl, shape-checked now (errors as ``read_mask_dict``), RLEs when read."""
+    return MaskDict(read_mask_dict_lists(path), path)
 
 
 

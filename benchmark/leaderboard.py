@@ -358,12 +358,18 @@ def _entries_of(source: LeaderboardDB | Iterable[LeaderboardEntry]) -> list[Lead
     return source.entries() if isinstance(source, LeaderboardDB) else list(source)
 
 
+# Backslash-escaped in Markdown cells: link and image syntax ([x](url), ![x](url), [x][ref]),
+# emphasis and code spans, and the table's own "|".  "<" and ">" become entities, so no raw
+# HTML or autolink (<javascript:...>) survives.  Entities a name spells itself ("&#91;")
+# stay text: CommonMark never reads them as link or HTML syntax.
+_MD_ESCAPED = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
 def _md_cell(text: str) -> str:
-    # Names are user-provided: a "|" would split the cell and raw HTML would
-    # be rendered by most Markdown viewers.
+    """A user-provided name as literal text in a Markdown table cell or heading."""
     text = " ".join(text.split())
-    text = text.replace("\\", "\\\\").replace("|", "\\|")
-    return text.replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_ESCAPED.sub(r"\\\1", text)
 
 
 def render_markdown(entries: Iterable[LeaderboardEntry]) -> str:

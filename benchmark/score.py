@@ -25,9 +25,9 @@ from typing import Callable
 import numpy as np
 
 from refsav.runtime.executor import make_executor
-from refsav.schemas.refvos import find_meta
+from refsav.schemas.refvos import find_mask_dict, find_meta
 
-from .inputs import PredictionSet, RefVosGroundTruth, load_predictions
+from .inputs import FOREGROUND_NAME, PredictionSet, RefVosGroundTruth, load_predictions
 from .metrics import RunMasks, frame_scores
 from .protocols import VideoProtocol
 from .report import Issue, ScoreReport
@@ -77,6 +77,12 @@ def score_video(gt: RefVosGroundTruth, pred: PredictionSet, video, protocol: Vid
     for exp in video.expressions:
         subset = protocol.subset_of(exp.type_id)
         if subset is None:
+            if exp.type_id not in protocol.dropped_types:
+                # The official scripts drop it silently (no subset's filter matches it).
+                known = ", ".join(str(t) for t in sorted(protocol.subsets or {}))
+                got = "no type_id" if exp.type_id is None else f"type_id {exp.type_id}"
+                issues.append(Issue("unknown_type_id", f"{video.video_id}/{exp.exp_id}",
+                                    f"{got} in the ground truth; {protocol.name} knows {known}; not scored"))
             continue
         runs, problems = pred.runs(video, exp, size)
         issues += problems
@@ -96,7 +102,10 @@ def score_video(gt: RefVosGroundTruth, pred: PredictionSet, video, protocol: Vid
 
 
 def _finish(value: float, protocol: VideoProtocol) -> float:
-    return round(value, 2) if protocol.round_per_expression else value
+    # The official scripts round NumPy float64s (`round(100 * j, 2)` with j from
+    # ndarray.mean()), i.e. NumPy's scale-rint-unscale rounding, not Python's exact
+    # decimal rounding of a float: at x.xx5 boundaries the two differ (docs/metrics.md).
+    return float(np.round(np.float64(value), 2)) if protocol.round_per_expression else value
 
 
 def _summary(scores: list[ExpressionScore], metrics: tuple[str, ...]) -> dict[str, float]:
@@ -132,8 +141,8 @@ _OPENED_MAX = 2
 def _inputs_key(gt_root: str, meta_name: str | None, pred_path: str) -> tuple:
     """Identity of a job's inputs: paths plus size and mtime, so an edited file is reread."""
     root = Path(gt_root)
-    files = [root / "mask_dict.json", root / meta_name if meta_name else find_meta(root), Path(pred_path)]
-    fg = root / "mask_dict_foreground.json"
+    files = [find_mask_dict(root), root / meta_name if meta_name else find_meta(root), Path(pred_path)]
+    fg = root / FOREGROUND_NAME
     if fg.exists():
         files.append(fg)
     stamps = []

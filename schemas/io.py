@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
@@ -75,18 +76,35 @@ def parse_json(data: bytes | str, *, file: str | os.PathLike) -> Any:
         raise SchemaError(f"JSON holds a number too long to read ({str(err)[:80]})", file=file) from None
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Load a JSON file; a missing, unreadable or malformed file is a one-line SchemaError."""
+def read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
+    """A regular file's bytes; a missing or unreadable file, a folder, a FIFO or a device
+    is a one-line SchemaError (opening a FIFO would wait for a writer forever, and a
+    device such as /dev/zero never ends)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        st = os.stat(path)
     except FileNotFoundError:
         raise SchemaError("file not found", file=path) from None
-    except IsADirectoryError:
-        raise SchemaError("is a folder, expected a JSON file", file=path) from None
     except OSError as err:
         raise SchemaError(f"cannot read ({err.strerror})", file=path) from None
-    return parse_json(data, file=path)
+    if stat.S_ISDIR(st.st_mode):
+        raise SchemaError(f"is a folder, expected a {what}", file=path)
+    if not stat.S_ISREG(st.st_mode):
+        raise SchemaError(f"is not a regular file (a FIFO, socket or device), expected a {what}", file=path)
+    try:
+        # O_NONBLOCK: should the path have been swapped for a FIFO since the check, the
+        # open returns at once instead of waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise SchemaError(f"is not a regular file, expected a {what}", file=path)
+            return fh.read()
+    except OSError as err:
+        raise SchemaError(f"cannot read ({err.strerror})", file=path) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Load a JSON file; a missing, unreadable or malformed file is a one-line SchemaError."""
+    return parse_json(read_bytes(path, "JSON file"), file=path)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -18,10 +18,8 @@ cannot run code.  Masks are rasterised one ref at a time, never all at once.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from pycocotools import mask as _coco
 from . import rle as rle_ops
 from .errors import SchemaError
 from .io import read_json
+from .pickles import load_plain_pickle
 from .protocols import Protocol, ReferLayout, protocols_of
 from .rle import Rle
 
@@ -58,35 +57,9 @@ def refer_layout(protocol: Protocol | str) -> ReferLayout:
 # ------------------------------------------------------------------------ safe unpickling
 
 
-class _RefsUnpickler(pickle.Unpickler):
-    """Builds only what pickle opcodes make without a global: list, dict, tuple, str,
-    bytes, int, float, bool, None.  Any class or function lookup is refused before it
-    happens, which is what stops ``__reduce__`` payloads."""
-
-    def __init__(self, fh, label: str):
-        # refer's files come from Python 2: str is latin-1 bytes, unicode is str.
-        super().__init__(fh, encoding="latin1")
-        self._label = label
-
-    def find_class(self, module: str, name: str):
-        raise SchemaError(
-            f"pickle refers to the global {module}.{name}; only plain lists, dicts, strings and numbers are allowed",
-            file=self._label,
-        )
-
-    def persistent_load(self, pid):
-        raise SchemaError("pickle uses a persistent id; only plain lists, dicts, strings and numbers are allowed", file=self._label)
-
-
 def load_refs_pickle(data: bytes, label: str | os.PathLike) -> Any:
     """Unpickle a refer ``refs(*).p`` without executing anything; errors are SchemaErrors."""
-    label = str(label)
-    try:
-        return _RefsUnpickler(io.BytesIO(data), label).load()
-    except SchemaError:
-        raise
-    except Exception as err:  # truncated or garbled pickles raise many types
-        raise SchemaError(f"not a readable pickle ({type(err).__name__}: {err})", file=label) from None
+    return load_plain_pickle(data, label)
 
 
 # ---------------------------------------------------------------------------- ground truth

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 import multiprocessing
@@ -242,6 +243,24 @@ def test_markdown_has_a_ranked_table_per_benchmark():
     assert rows[0][2:] == ["75.25", "73.25", "77.25", "2026-01-05"]
     assert tables["mevis-valid-u"][1][2] == "44.12"  # 2 decimals
     assert render_markdown([]).count("|") == 0
+
+
+def test_markdown_names_stay_text_whatever_they_hold():
+    from markdown_it import MarkdownIt
+
+    names = ["[x](javascript:alert(1))", "![img](http://evil.example/a.png)", "[ref][1]", "<javascript:alert(1)>",
+             "<img src=x onerror=alert(1)>", "&#91;y&#93;(javascript:alert(2))", "**bold** _it_ `code` ~~del~~ a|b \\"]
+    entries = [entry(n, 50.0 + i) for i, n in enumerate(names)]
+    text = render_markdown(entries) + "\n[1]: javascript:alert(3)\n"  # even with a reference definition below
+    page = MarkdownIt("commonmark").enable("table").enable("strikethrough").render(text)
+    assert "<a " not in page and "<img" not in page and "<strong>" not in page and "<em>" not in page
+    assert "<code>" not in page and "<s>" not in page and "<del>" not in page
+    cells = [r[1] for r in _markdown_tables(render_markdown(entries))["ref-sav-valid"]]
+    assert len(cells) == len(names)  # no name split its row
+    # What a reader sees is the name itself.
+    shown = re.findall(r"<td[^>]*>(.*?)</td>", page)
+    for name in names:
+        assert html.escape(" ".join(name.split()), quote=False) in shown or name.startswith("&#"), name
 
 
 class _PageParser(HTMLParser):
