@@ -16,6 +16,7 @@ from refsav.schemas.refvos import find_meta
 from refsav.schemas.scores import LeaderboardEntry
 from refsav.schemas.version import __version__
 
+from .files import SubmissionLimits, check_submission_path, printable
 from .inputs import submission_sha256
 from .protocols import get_video_protocol
 from .report import ScoreReport
@@ -52,8 +53,12 @@ def _print_table(report: ScoreReport) -> None:
 
 
 def run_protocol(protocol: str, gt: Path, pred: Path, *, meta_name=None, workers=1, scheduler=None, split="val",
-                 split_by=None, empty_union="one", image_set="val", sequences=None, progress=True) -> tuple[ScoreReport, str]:
-    """Score with any named protocol; returns the report and the protocol's source."""
+                 split_by=None, empty_union="one", image_set="val", sequences=None, progress=True,
+                 limits: SubmissionLimits | None = None) -> tuple[ScoreReport, str]:
+    """Score with any named protocol; returns the report and the protocol's source.
+
+    ``limits``: caps on reading the submission; the video protocols apply all of them,
+    the others the file caps of ``ReadOnlyFiles`` at their defaults."""
     from refsav.runtime.progress import progress_bar
 
     family = get_protocol(protocol).family
@@ -64,6 +69,8 @@ def run_protocol(protocol: str, gt: Path, pred: Path, *, meta_name=None, workers
         total = len(read_meta_expressions(_meta_path(gt, meta_name)))
         with progress_bar("scoring videos", total=total, enabled=progress) as advance:
             extra = {"scheduler": scheduler} if scheduler else {}
+            if limits is not None:
+                extra["limits"] = limits
             report = score_refvos(gt, pred, proto, meta_name=meta_name, workers=workers, on_video=advance, **extra)
         return report, proto.source
     if family == "davis":
@@ -113,13 +120,18 @@ def run_protocol(protocol: str, gt: Path, pred: Path, *, meta_name=None, workers
 @click.option("--sequences", default=None, help="davis17-*: comma-separated sequences (instead of ImageSets).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes (video and DAVIS protocols).")
 @click.option("--scheduler", default=None, help="Video protocols: score on an existing Dask cluster (tcp://host:8786).")
+@click.option("--limit", "limit_options", multiple=True, metavar="NAME=VALUE",
+              help="Raise or lower a cap on reading the submission, e.g. entry_mb=2048 or masks=10000000 "
+                   f"(names: {', '.join(SubmissionLimits.option_names())}; see docs/submission-limits.md).")
 def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_name, split, split_by, empty_union,
-                  image_set, sequences, workers, scheduler) -> None:
+                  image_set, sequences, workers, scheduler, limit_options) -> None:
     """Score predictions with an official protocol: video (J, F, J&F), image (cIoU, gIoU) or QA."""
     seqs = [s.strip() for s in sequences.split(",") if s.strip()] if sequences else None
+    limits = SubmissionLimits().with_options(limit_options)
+    check_submission_path(pred)  # a FIFO or /dev/zero would block or never end, whatever the protocol
     report, source = run_protocol(protocol, gt, pred, meta_name=meta_name, workers=workers, scheduler=scheduler,
                                   split=split, split_by=split_by, empty_union=empty_union, image_set=image_set,
-                                  sequences=seqs)
+                                  sequences=seqs, limits=limits)
     sha = submission_sha256(pred)
     kinds = Counter(i.kind for i in report.issues)
     payload = {
@@ -128,7 +140,7 @@ def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_nam
         "primary_metric": report.primary_metric,
         "scorer": "refsav",
         "scorer_version": __version__,
-        "submission": str(pred),
+        "submission": printable(str(pred)),
         "submission_sha256": sha,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **report.totals,
@@ -158,7 +170,7 @@ def score_command(protocol, gt, pred, out, strict, name, db, benchmark, meta_nam
             submission_sha256=sha,
             scorer_version=__version__,
             created_at=payload["created_at"],
-            provenance={"submission": str(pred), "gt": str(gt)},
+            provenance={"submission": printable(str(pred)), "gt": printable(str(gt))},
         )
         LeaderboardDB(db).add(entry)
         click.echo(f"added '{entry.name}' to {db}")

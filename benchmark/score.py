@@ -27,6 +27,7 @@ import numpy as np
 from refsav.runtime.executor import make_executor
 from refsav.schemas.refvos import find_mask_dict, find_meta
 
+from .files import DEFAULT_LIMITS, SubmissionLimits
 from .inputs import FOREGROUND_NAME, PredictionSet, RefVosGroundTruth, load_predictions
 from .metrics import RunMasks, frame_scores
 from .protocols import VideoProtocol
@@ -66,6 +67,7 @@ class ChunkTask:
     pred_path: str
     protocol: VideoProtocol
     video_ids: tuple[str, ...]
+    limits: SubmissionLimits = DEFAULT_LIMITS
 
 
 def score_video(gt: RefVosGroundTruth, pred: PredictionSet, video, protocol: VideoProtocol):
@@ -152,12 +154,13 @@ def _inputs_key(gt_root: str, meta_name: str | None, pred_path: str) -> tuple:
     return (meta_name, tuple(stamps))
 
 
-def _opened(gt_root: str, meta_name: str | None, pred_path: str) -> tuple[RefVosGroundTruth, PredictionSet]:
-    key = _inputs_key(gt_root, meta_name, pred_path)
+def _opened(gt_root: str, meta_name: str | None, pred_path: str,
+            limits: SubmissionLimits = DEFAULT_LIMITS) -> tuple[RefVosGroundTruth, PredictionSet]:
+    key = (_inputs_key(gt_root, meta_name, pred_path), limits)
     if key in _OPENED:
         _OPENED.move_to_end(key)
     else:
-        _OPENED[key] = (RefVosGroundTruth.load(gt_root, meta_name), load_predictions(pred_path))
+        _OPENED[key] = (RefVosGroundTruth.load(gt_root, meta_name), load_predictions(pred_path, limits=limits))
         while len(_OPENED) > _OPENED_MAX:
             _OPENED.popitem(last=False)
     return _OPENED[key]
@@ -191,7 +194,7 @@ def _keep_temporaries_on_the_heap() -> None:
 def score_chunk(task: ChunkTask) -> list[VideoResult]:
     """Score a chunk of videos (run by a worker; inputs opened once per worker process)."""
     _keep_temporaries_on_the_heap()
-    gt, pred = _opened(task.gt_root, task.meta_name, task.pred_path)
+    gt, pred = _opened(task.gt_root, task.meta_name, task.pred_path, task.limits)
     by_id = {v.video_id: v for v in gt.videos}
     out = []
     for vid in task.video_ids:
@@ -235,6 +238,7 @@ def score_refvos(
     workers: int = 1,
     scheduler: str | None = None,
     on_video: Callable[[int], None] | None = None,
+    limits: SubmissionLimits = DEFAULT_LIMITS,
 ) -> ScoreReport:
     """Score a submission against a meta_expressions + mask_dict ground truth.
 
@@ -242,10 +246,11 @@ def score_refvos(
     ``scheduler``: the address of a Dask scheduler (``tcp://host:8786``) whose workers
     score the videos instead; they must be able to import refsav and to read
     ``gt_root`` and ``pred_path`` at the same paths.  ``on_video(n)`` is called as
-    videos finish.  The report does not depend on where the videos were scored.
+    videos finish.  ``limits``: caps on reading the submission (docs/submission-limits.md).
+    The report does not depend on where the videos were scored.
     """
     gt = RefVosGroundTruth.load(gt_root, meta_name)
-    pred = load_predictions(pred_path)
+    pred = load_predictions(pred_path, limits=limits)
     issues = list(pred.issues) + _coverage_issues(gt, pred)
     results: dict[str, VideoResult] = {}
     if scheduler is None and workers <= 1:
@@ -257,7 +262,7 @@ def score_refvos(
     else:
         # Absolute paths: a worker's working directory need not be ours.
         results = _score_elsewhere(gt, pred, protocol, os.path.abspath(gt_root), meta_name,
-                                   os.path.abspath(pred_path), workers, scheduler, on_video)
+                                   os.path.abspath(pred_path), workers, scheduler, on_video, limits)
     scores: list[ExpressionScore] = []
     for video in gt.videos:
         scores += results[video.video_id].scores
@@ -267,14 +272,15 @@ def score_refvos(
     return ScoreReport(protocol.name, "J&F", totals, subsets, scores, issues)
 
 
-def _score_elsewhere(gt, pred, protocol, gt_root, meta_name, pred_path, workers, scheduler, on_video) -> dict[str, VideoResult]:
+def _score_elsewhere(gt, pred, protocol, gt_root, meta_name, pred_path, workers, scheduler, on_video,
+                     limits) -> dict[str, VideoResult]:
     # Workers open the inputs themselves (cheaply: RLEs are validated when scored), never
     # inheriting this process's: an open zip shared by forked processes corrupts reads.
     # Local workers are plain processes: they start in milliseconds, a Dask LocalCluster in seconds.
     results: dict[str, VideoResult] = {}
     with make_executor(workers, scheduler, local="processes") as executor:
         n_chunks = CHUNKS_PER_WORKER * max(executor.n_workers, 1)
-        tasks = [ChunkTask(gt_root, meta_name, pred_path, protocol, ids) for ids in plan_chunks(gt, protocol, n_chunks)]
+        tasks = [ChunkTask(gt_root, meta_name, pred_path, protocol, ids, limits) for ids in plan_chunks(gt, protocol, n_chunks)]
         for outcome in executor.map_unordered(score_chunk, tasks):
             if not outcome.ok:
                 raise outcome.error  # type: ignore[misc]  # e.g. a SchemaError in the GT

@@ -8,6 +8,7 @@ write past its buffer on a corrupt string.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,6 +16,11 @@ import numpy as np
 from pycocotools import mask as _coco
 
 from .errors import SchemaError
+
+
+#: Largest height or width: pycocotools keeps sizes in 32-bit integers, and H*W then
+#: still fits the int64 arithmetic of the run decoder.
+MAX_SIDE = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -51,14 +57,18 @@ class Rle:
             if (
                 not isinstance(size, (list, tuple))
                 or len(size) != 2
-                or not all(isinstance(v, (int, float)) and float(v).is_integer() and v >= 0 for v in size)
+                or not all(_whole(v) for v in size)
             ):
                 raise SchemaError(f"RLE size must be [H, W] with non-negative integers, got {size!r}", field="size")
+            if any(v > MAX_SIDE for v in size):
+                raise SchemaError(f"RLE size {size!r} is over {MAX_SIDE} pixels a side", field="size")
             h, w = int(size[0]), int(size[1])
             counts = obj["counts"]
             if isinstance(counts, bytes):  # pickled datasets (mask_dict.pkl) keep bytes
                 counts = counts.decode("ascii", errors="replace")
             if isinstance(counts, list):  # uncompressed RLE: compress it
+                if h * w >= 1 << 32:  # pycocotools counts runs in 32 bits
+                    raise SchemaError(f"uncompressed RLE of {h}x{w} is over 2^32 pixels", field="size")
                 if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
                     raise SchemaError(f"uncompressed RLE counts do not sum to H*W = {h * w}", field="counts")
                 counts = _coco.frPyObjects({"size": [h, w], "counts": counts}, h, w)["counts"].decode("ascii")
@@ -87,6 +97,14 @@ class Rle:
             )
 
 
+def _whole(v: Any) -> bool:
+    """A non-negative whole number (an int, or a float such as 480.0); never converts a
+    huge int to float, which raises OverflowError."""
+    if isinstance(v, int):
+        return v >= 0
+    return isinstance(v, float) and v.is_integer() and v >= 0
+
+
 # --------------------------------------------------------------------------- decoding counts
 #
 # One decoder serves every caller: ``parse_counts`` reads many strings in one vectorised
@@ -97,6 +115,10 @@ class Rle:
 #: 11 characters carry 55 bits, far more than any run length needs.
 _MAX_VALUE_CHARS = 11
 _MAX_VALUE = 1 << 40  # |value| above this cannot be a run (or a delta) of a real mask
+#: The exact decoder refuses values longer than this (13 continuation characters, 'P'..'o',
+#: then a last one): 70 bits, beyond any run of an H*W < 2^62 mask.
+_MAX_EXACT_CHARS = 14
+_OVERLONG_VALUE = re.compile(f"[P-o]{{{_MAX_EXACT_CHARS}}}")
 
 
 def run_lengths(counts: str) -> list[int]:
@@ -115,6 +137,10 @@ def run_lengths(counts: str) -> list[int]:
             raise SchemaError(f"RLE counts has an invalid character {ch!r}", field="counts")
     if (ord(counts[-1]) - 48) & 0x20:
         raise SchemaError("RLE counts string ends in the middle of a value", field="counts")
+    if _OVERLONG_VALUE.search(counts):
+        # Exact decoding of a value is quadratic in its length; a real run fits 8 characters.
+        raise SchemaError(f"RLE counts hold a value of more than {_MAX_EXACT_CHARS} characters, "
+                          "too large for any mask", field="counts")
     runs, _, _ = _decode([counts], exact=True)
     return runs.tolist()
 
