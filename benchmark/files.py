@@ -275,6 +275,8 @@ class ReadOnlyFiles:
             raise EntryError(f"cannot read entry ({type(err).__name__}: {err})", file=label) from None
         if len(data) > cap:
             raise EntryError(f"entry is over the limit of {cap} bytes (limit 'entry_mb')", file=label)
+        if len(data) != info.file_size:
+            raise EntryError(f"entry holds {len(data)} bytes but declares {info.file_size}", file=label)
         return data
 
     # ----------------------------------------------------------------- reading
