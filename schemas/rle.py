@@ -115,9 +115,10 @@ def _whole(v: Any) -> bool:
 #: 11 characters carry 55 bits, far more than any run length needs.
 _MAX_VALUE_CHARS = 11
 _MAX_VALUE = 1 << 40  # |value| above this cannot be a run (or a delta) of a real mask
-#: The exact decoder refuses values longer than this (13 continuation characters, 'P'..'o',
-#: then a last one): 70 bits, beyond any run of an H*W < 2^62 mask.
-_MAX_EXACT_CHARS = 14
+#: The exact decoder refuses values longer than this many characters (continuation
+#: characters are 'P'..'o'): 320 bits, far beyond any run, yet cheap to read exactly, so
+#: that a corrupt string is still reported with its exact pixel count.
+_MAX_EXACT_CHARS = 64
 _OVERLONG_VALUE = re.compile(f"[P-o]{{{_MAX_EXACT_CHARS}}}")
 
 
@@ -138,7 +139,7 @@ def run_lengths(counts: str) -> list[int]:
     if (ord(counts[-1]) - 48) & 0x20:
         raise SchemaError("RLE counts string ends in the middle of a value", field="counts")
     if _OVERLONG_VALUE.search(counts):
-        # Exact decoding of a value is quadratic in its length; a real run fits 8 characters.
+        # Exact decoding is quadratic in a value's length: a million-character value would hang.
         raise SchemaError(f"RLE counts hold a value of more than {_MAX_EXACT_CHARS} characters, "
                           "too large for any mask", field="counts")
     runs, _, _ = _decode([counts], exact=True)

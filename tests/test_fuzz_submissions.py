@@ -626,6 +626,8 @@ def results_json_cases() -> list[Case]:
         "3m-chars": "0" * 3_000_000,  # over the counts_chars limit
         "1m-continuation": "P" * 1_000_000 + "0",  # one value a million characters long
         "20-char-value": "P" * 19 + "0",
+        "70-char-value": "P" * 69 + "0",
+        "10k-long-values": ("P" * 40 + "0") * 10_000,
         "1m-ones": "1" * 1_000_000,
         "negative-runs": "3>" * 1000,
         "bad-chars": "\x7f~~~",
