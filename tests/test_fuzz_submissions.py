@@ -654,6 +654,11 @@ def results_json_cases() -> list[Case]:
     cases.append(Case("counts-limit-lowered", "caps", _json(good), "issue", ("corrupt_mask",), ("--limit", "counts_chars=3")))
     cases.append(Case("pixels-limit-lowered", "caps", _tree(good_tree()), "issue", ("too_large",), ("--limit", "image_pixels=100")))
     cases.append(Case("files-limit-lowered", "caps", _tree(good_tree()), "refuse", ("limit 'files'",), ("--limit", "files=3")))
+    # The limits reach worker processes too.
+    cases.append(Case("counts-limit-workers", "caps", _json(good), "issue", ("corrupt_mask",),
+                      ("--limit", "counts_chars=3", "--workers", "2")))
+    cases.append(Case("pixels-limit-workers", "caps", _zip("s.zip", tree_entries(good_tree())), "issue", ("too_large",),
+                      ("--limit", "image_pixels=100", "--workers", "2")))
     cases.append(Case("unknown-limit", "caps", _json(good), "refuse", ("--limit", "bogus"), ("--limit", "bogus=3")))
     cases.append(Case("zero-limit", "caps", _json(good), "refuse", ("--limit",), ("--limit", "masks=0")))
     cases.append(Case("good-results", "control", _json(good), "ok"))
@@ -893,3 +898,28 @@ def test_malformed_submissions_are_answered_not_crashed(tmp_path):
     print(f"{len(cases)} cases in {total:.1f} s; slowest {[(round(s, 2), n) for s, n in slowest]}; "
           f"peak RSS {max(peaks)[0] >> 20} MiB ({max(peaks)[1]})")
     assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures[:40])
+
+
+def test_limits_parse_and_the_submission_hash_is_unchanged(tmp_path):
+    from refsav.benchmark.files import SubmissionLimits
+    from refsav.benchmark.inputs import submission_sha256
+    from refsav.schemas import SchemaError
+
+    limits = SubmissionLimits().with_options(["entry_mb=2", "masks=1_000", "counts-chars=7"])
+    assert (limits.max_entry_bytes, limits.max_masks, limits.max_counts_chars) == (2 << 20, 1000, 7)
+    assert limits.max_files == SubmissionLimits().max_files
+    for bad in ("entry_mb", "nope=1", "masks=-1", "masks=x"):
+        with pytest.raises(SchemaError, match="limit"):
+            SubmissionLimits().with_options([bad])
+    # A plain folder hashes as it always did: sorted (path, sha256) pairs, so leaderboard
+    # entries made before the reader was hardened keep their identity.
+    root = write_tree(tmp_path / "sub", {**good_tree(), "a-b/x.png": b"1", "a/b/x.png": b"2", "a/c": b"3"})
+    import hashlib
+
+    want = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        want.update(p.relative_to(root).as_posix().encode() + b"\0")
+        want.update(hashlib.sha256(p.read_bytes()).digest())
+    assert submission_sha256(root) == want.hexdigest()
+    data = (root / FIRST_PNG).read_bytes()
+    assert submission_sha256(root / FIRST_PNG) == hashlib.sha256(data).hexdigest()
