@@ -27,7 +27,7 @@ import numpy as np
 
 from refsav.schemas import rle as rle_ops
 from refsav.schemas.errors import SchemaError
-from refsav.schemas.io import parse_json, read_json, read_parquet
+from refsav.schemas.io import parse_json, read_json
 from refsav.schemas.predictions import VideoPrediction
 from refsav.schemas.limits import check_frame_size
 from refsav.schemas.refvos import (
@@ -40,7 +40,7 @@ from refsav.schemas.refvos import (
 )
 from refsav.schemas.rle import Rle
 
-from .files import DEFAULT_LIMITS, EntryError, ReadOnlyFiles, SubmissionLimits, check_submission_path, printable
+from .files import DEFAULT_LIMITS, ReadOnlyFiles, SubmissionLimits, check_submission_path, printable
 from .metrics import RunMasks
 from .pngs import read_mask_png
 from .report import Issue

@@ -11,6 +11,7 @@ under 1 GiB.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -34,11 +35,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pyarrow.parquet  # noqa: F401 - imported before forking, so that children start warm
-import refsav.benchmark.cli  # noqa: F401
-import refsav.runtime.progress  # noqa: F401
 from refsav.cli import main
 from refsav.schemas import rle as rle_ops
+
+# Imported before forking, so that the children start warm.
+for _module in ("pyarrow.parquet", "refsav.benchmark.cli", "refsav.benchmark.score", "refsav.runtime.progress"):
+    importlib.import_module(_module)
 
 H, W = 12, 16
 VIDEOS = {"vidA": ["00000", "00001", "00002"], "vidB": ["00000", "00001"]}
@@ -588,7 +590,7 @@ def mask_mode_cases() -> list[Case]:
 def results_json_cases() -> list[Case]:
     good = good_results()
     text = json.dumps(good)
-    one = f"{{\"vidA\": {{\"0\": {{\"prediction_masks\": %s}}}}}}"
+    one = '{"vidA": {"0": {"prediction_masks": %s}}}'
     cases = [
         Case("deep-array-100k", "json", _json("[" * 100000 + "]" * 100000), "refuse", ("results.json", "nested too deeply")),
         Case("deep-object-100k", "json", _json('{"a":' * 100000 + "1" + "}" * 100000), "refuse", ("results.json", "nested")),
