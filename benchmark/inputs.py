@@ -297,6 +297,10 @@ def _read_mask_dict(path: Path) -> MaskDict:
 
 #: Corrupt masks of one expression listed one by one; the rest are counted in one issue.
 MASK_ISSUES_PER_EXPRESSION = 20
+#: Masks of expressions that are not scored (not in the GT, or of an excluded type) that
+#: are still validated, to report their problems; a bound on work nothing is scored from.
+UNSCORED_MASKS_CHECKED = 100_000
+_VALIDATE_BATCH = 10_000
 
 
 @dataclass
@@ -322,8 +326,9 @@ class PredictionSet:
         return set(self._rles) | set(self._pending) | set(self._png)
 
     def _validated(self, key: tuple[str, str], frames: int | None = None) -> list[Rle | None]:
-        """The expression's RLEs, validated now if not yet. ``frames``: the GT's frame
-        count; masks past it are not scored, so they are not validated either."""
+        """The expression's RLEs, validated now if not yet. ``frames``: how many to
+        validate (the GT's frame count: masks past it are not scored, so they are not
+        validated either); None: all."""
         if key in self._pending:
             where = f"{key[0]}/{key[1]}"
             raw = self._pending.pop(key)
@@ -332,21 +337,26 @@ class PredictionSet:
             bad: list[tuple[int, str]] = []
             todo_at, todo = [], []
             for t, obj in enumerate(checked):
-                if obj is None:  # cheap path: a million nulls must not cost a million exceptions
-                    bad.append((t, "null instead of an RLE"))
+                # Cheap paths first: a million nulls or strings must not cost a million exceptions.
+                if type(obj) is not dict:
+                    bad.append((t, "null instead of an RLE" if obj is None else
+                                f"expected an RLE object {{size, counts}}, got {type(obj).__name__}"))
                     continue
-                counts = obj.get("counts") if type(obj) is dict else None
+                counts = obj.get("counts")
                 if type(counts) is str and len(counts) > self.limits.max_counts_chars:
                     bad.append((t, f"counts string of {len(counts)} characters, over the limit of "
                                    f"{self.limits.max_counts_chars} (limit 'counts_chars')"))
                     continue
                 todo_at.append(t)
                 todo.append(obj)
-            for t, r in zip(todo_at, rles_from_json(todo)):
-                if isinstance(r, SchemaError):
-                    bad.append((t, r.message))
-                else:
-                    rles[t] = r
+            for start in range(0, len(todo), _VALIDATE_BATCH):  # errors are kept as text, a batch at a time
+                batch = rles_from_json(todo[start : start + _VALIDATE_BATCH])
+                for t, r in zip(todo_at[start : start + _VALIDATE_BATCH], batch):
+                    if isinstance(r, SchemaError):
+                        field_name = r.location.field
+                        bad.append((t, f"{field_name}: {r.message}" if field_name else r.message))
+                    else:
+                        rles[t] = r
             bad.sort()
             problems = [Issue("corrupt_mask", f"{where}/#{t}", f"{message}; scored as empty")
                         for t, message in bad[:MASK_ISSUES_PER_EXPRESSION]]
@@ -359,11 +369,20 @@ class PredictionSet:
     def unscored_issues(self, scored: set[tuple[str, str]]) -> list[Issue]:
         """Problems of the RLEs of every expression not in ``scored`` (in file order),
         validating those not read yet: an extra or excluded expression's corrupt mask is
-        still reported."""
+        still reported. Nothing of these is scored, so only the first
+        ``UNSCORED_MASKS_CHECKED`` of their masks are validated; the rest are counted."""
         issues: list[Issue] = []
+        budget, unchecked = UNSCORED_MASKS_CHECKED, 0
         for key in [k for k in self._pending if k not in scored]:
-            self._validated(key)
+            n = len(self._pending[key])
+            if n > budget:
+                unchecked += n - budget
+            self._validated(key, min(n, budget))
+            budget -= min(n, budget)
             issues += self._corrupt[key]
+        if unchecked:
+            issues.append(Issue("not_checked", "submission", f"{unchecked} masks of expressions that are not scored "
+                                                           f"were not validated (past the first {UNSCORED_MASKS_CHECKED})"))
         return issues
 
     def masks(self, video: RefVideo, exp: RefExpression, size: tuple[int, int]) -> tuple[np.ndarray | None, list[Issue]]:

@@ -647,6 +647,12 @@ def results_json_cases() -> list[Case]:
                                                      + "}}").encode())
 
     cases.append(Case("million-nulls-one-exp", "caps", expressions(1, 1_000_000), "issue", ("corrupt_mask", "frame_count")))
+    # Junk masks in an expression that is not scored: validated up to a budget, never one
+    # exception each (4.9 million of these took 64 s and 6 GB).
+    for name, junk in (("empty-objects", "{}"), ("strings", '"x"'), ("numbers", "1"), ("bad-sizes", '{"size": 1, "counts": 1}')):
+        cases.append(Case(f"million-{name}-extra-exp", "caps", lambda d, j=junk: _write(
+            d / "results.json", ('{"vidA": {"9": {"prediction_masks": [' + ", ".join([j] * 1_000_000) + "]}}}").encode()),
+            "issue", ("extra_expression", "corrupt_mask", "not_checked")))
     cases.append(Case("250k-expressions", "caps", expressions(250_000, 2), "refuse", ("results.json", "limit 'expressions'")))
     cases.append(Case("6m-masks", "caps", expressions(120_000, 50), "refuse",
                       ("results.json", "field 'prediction_masks'", "limit 'masks'")))
