@@ -40,7 +40,7 @@ from refsav.schemas.refvos import (
 )
 from refsav.schemas.rle import Rle
 
-from .files import DEFAULT_LIMITS, ReadOnlyFiles, SubmissionLimits, check_submission_path, printable
+from .files import DEFAULT_LIMITS, EntryError, ReadOnlyFiles, SubmissionLimits, check_submission_path, printable
 from .metrics import RunMasks
 from .pngs import read_mask_png
 from .report import Issue
@@ -493,7 +493,17 @@ def load_predictions(path: str | os.PathLike, max_unzipped: int | None = None, *
     if results:
         pred = _from_results_json(files, results[0])
     elif found["Parquet"]:
-        pred = _from_parquet([_parquet_from_files(files, n) for n in found["Parquet"]], files)
+        batches, unreadable = [], []
+        for name in found["Parquet"]:
+            try:
+                batches.append(_parquet_from_files(files, name))
+            except EntryError as err:  # this file cannot be read (zip entry, cap): its rows score as missing
+                unreadable.append(Issue("corrupt_file", name, f"{err.message}; its predictions are missing"))
+        if not batches:
+            raise SchemaError(f"no Parquet file of the submission can be read ({unreadable[0].message})",
+                              file=printable(str(path)))
+        pred = _from_parquet(batches, files)
+        pred.issues[:0] = unreadable
     else:
         pred = _from_png_tree(files)
     pred.issues[:0] = files.issues

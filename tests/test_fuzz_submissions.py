@@ -300,9 +300,10 @@ def not_plain_file_cases() -> list[Case]:
         if os.path.exists(dev):
             cases.append(Case(f"device-{dev}", "not-plain", lambda d, dev=dev: Path(dev), "refuse",
                               ("character device", dev)))
-    for proc in ("/proc/self/environ", "/proc/self/status", "/proc/self/maps", "/proc/meminfo", "/proc/self/mem"):
+    for proc in ("/proc/self/environ", "/proc/self/status", "/proc/self/maps", "/proc/meminfo", "/proc/self/mem",
+                 "/proc/self", "/sys/kernel/mm/transparent_hugepage/enabled", "/sys/class/net/lo/mtu"):
         if os.path.exists(proc):
-            cases.append(Case(f"proc-{proc}", "not-plain", lambda d, p=proc: Path(p), "refuse", ("/proc",)))
+            cases.append(Case(f"proc-{proc}", "not-plain", lambda d, p=proc: Path(p), "refuse", ("/proc or /sys", proc)))
     cases += [
         Case("fifo-inside-folder", "not-plain", fifo_inside, "refuse", ("FIFO", "00001.png")),
         Case("socket-inside-folder", "not-plain", socket_inside, "refuse", ("socket", "00000.png")),
@@ -412,6 +413,35 @@ def symlink_cases() -> list[Case]:
     entries = tree_entries(tree) + [replace(entry("vidA/0/f.png", b"", zipfile.ZIP_STORED),
                                             external_attr=(stat.S_IFIFO | 0o644) << 16)]
     cases.append(Case("zip-fifo-entry", "symlink", _zip("sub.zip", entries), "issue", ("unsafe_entry",)))
+    return cases
+
+
+def parquet_cases() -> list[Case]:
+    """VideoPrediction Parquet files: a zip entry that cannot be read loses its rows only."""
+    from refsav.schemas.io import write_parquet
+    from refsav.schemas.predictions import VideoPrediction
+
+    def parquet_bytes(vids: list[str]) -> bytes:
+        import tempfile
+
+        rows = [VideoPrediction(vid, exp_id, VIDEOS[vid], [rle_ops.encode(gt_mask(anno, t)) for t in range(len(VIDEOS[vid]))])
+                for vid in vids for exp_id, (anno, _) in EXPRESSIONS[vid].items()]
+        with tempfile.TemporaryDirectory() as tmp:
+            write_parquet(Path(tmp) / "p.parquet", rows, VideoPrediction)
+            return (Path(tmp) / "p.parquet").read_bytes()
+
+    a, b = parquet_bytes(["vidA"]), parquet_bytes(["vidB"])
+    cases = [Case("parquet-zip-good", "parquet", _zip("p.zip", [entry("a.parquet", a), entry("b.parquet", b)]), "ok")]
+    for fault in ("encrypted", "bad-crc", "method-99", "declares-1gib"):
+        entries = [entry("a.parquet", a), ENTRY_FAULTS[fault](entry("b.parquet", b))]
+        cases.append(Case(f"parquet-zip-{fault}", "parquet", _zip("p.zip", entries), "issue",
+                          ("corrupt_file", "missing_video")))
+        cases.append(Case(f"parquet-zip-only-{fault}", "parquet", _zip("p.zip", [ENTRY_FAULTS[fault](entry("b.parquet", b))]),
+                          "refuse", ("p.zip", "Parquet")))
+    cases.append(Case("parquet-garbage", "parquet", _zip("p.zip", [entry("a.parquet", a), entry("b.parquet", b"PAR1" + bytes(99))]),
+                      "refuse", ("p.zip:b.parquet",)))
+    cases.append(Case("parquet-file-truncated", "parquet", lambda d: _write(d / "p.parquet", a[: len(a) // 2]), "refuse",
+                      ("p.parquet",)))
     return cases
 
 
@@ -744,7 +774,7 @@ def random_cases(seed: int = 12, n_each: int = 20) -> list[Case]:
 
 def all_cases() -> list[Case]:
     cases = (not_plain_file_cases() + symlink_cases() + ambiguous_cases() + zip_entry_cases() + image_cases()
-             + mask_mode_cases() + results_json_cases() + name_cases() + random_cases())
+             + mask_mode_cases() + results_json_cases() + name_cases() + parquet_cases() + random_cases())
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return cases
