@@ -154,6 +154,7 @@ class ReadOnlyFiles:
     def _walk(self) -> None:
         root = os.fspath(self.root)
         real_root = os.path.realpath(root)
+        pseudo = _pseudo_fs_devices()
         total = 0
 
         def refuse(err: OSError) -> None:
@@ -184,6 +185,8 @@ class ReadOnlyFiles:
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     raise SchemaError(f"is {_kind(st.st_mode)}, not a plain file", file=printable(full))
+                if st.st_dev in pseudo:  # e.g. /proc bind-mounted into the folder
+                    raise SchemaError("is a file of /proc or /sys, not a plain file", file=printable(full))
                 self._names[rel] = rel
                 total += st.st_size
                 if len(self._names) > self.limits.max_files:
