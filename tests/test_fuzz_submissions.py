@@ -22,6 +22,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import time
 import traceback
@@ -788,25 +789,41 @@ class Outcome:
     code: int
     stdout: str
     stderr: str
-    peak_rss: int  # bytes
+    peak_rss: int  # bytes: the peak a `refsav score` process of its own would reach (see run_forked)
     seconds: float
     timed_out: bool
 
 
-def _vm_size() -> int:
+def _status(field: str) -> int:
+    """A size from /proc/self/status, in bytes."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmSize:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
 
-def run_forked(argv: list[str], logs: Path, cwd: Path, timeout: float = CASE_TIMEOUT_S) -> Outcome:
-    """`refsav <argv>` in a forked child: its exit code, output, peak RSS and time."""
+def fresh_process_rss(argv: list[str]) -> int:
+    """Peak RSS of `refsav <argv>` run as a process of its own (imports included)."""
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("refsav")), *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    return usage.ru_maxrss * 1024
+
+
+def run_forked(argv: list[str], logs: Path, cwd: Path, baseline_rss: int, timeout: float = CASE_TIMEOUT_S) -> Outcome:
+    """`refsav <argv>` in a forked child: its exit code, output, peak RSS and time.
+
+    A forked child starts with this process's resident pages (pytest, other test
+    modules' imports), so its own peak counts only what it grew by since the fork, added
+    to ``baseline_rss``, the peak of a standalone `refsav score` of a good submission."""
     out_log, err_log = logs.with_suffix(".out"), logs.with_suffix(".err")
     # A safety net only (the check is on peak RSS): far above any sane case, so that a
     # runaway read fails this test with a MemoryError instead of exhausting the machine.
-    address_space = _vm_size() + 4 * GIB
+    address_space = _status("VmSize") + 4 * GIB
+    rss_at_fork = _status("VmRSS")
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
@@ -840,7 +857,8 @@ def run_forked(argv: list[str], logs: Path, cwd: Path, timeout: float = CASE_TIM
             break
         time.sleep(0.003)
     return Outcome(os.waitstatus_to_exitcode(status), out_log.read_text(errors="replace"),
-                   err_log.read_text(errors="replace"), usage.ru_maxrss * 1024, time.monotonic() - start, timed_out)
+                   err_log.read_text(errors="replace"), baseline_rss + max(0, usage.ru_maxrss * 1024 - rss_at_fork),
+                   time.monotonic() - start, timed_out)
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:
@@ -915,6 +933,9 @@ def test_malformed_submissions_are_answered_not_crashed(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(["score", "--protocol", "refsav", "--gt", str(gt), "--pred", str(preds["good-tree"]),
                      "--out", str(tmp_path / "warm")]) == 0
+    baseline_rss = fresh_process_rss(["score", "--protocol", "refsav", "--gt", str(gt), "--pred", str(preds["good-tree"]),
+                                      "--out", str(tmp_path / "warm")])
+    assert baseline_rss < PEAK_RSS_LIMIT // 2
     before = snapshot(work, gt, cwd)
     failures, timing, peaks = [], [], []
     started = time.monotonic()
@@ -922,7 +943,7 @@ def test_malformed_submissions_are_answered_not_crashed(tmp_path):
         out = outs / f"{i:03d}"
         argv = ["score", "--protocol", "refsav", "--gt", str(gt), "--pred", str(preds[case.name]), "--out", str(out),
                 *case.args]
-        outcome = run_forked(argv, logs / f"{i:03d}", cwd)
+        outcome = run_forked(argv, logs / f"{i:03d}", cwd, baseline_rss)
         timing.append((outcome.seconds, case.name))
         peaks.append((outcome.peak_rss, case.name))
         for problem in check(case, outcome, out):
