@@ -1,8 +1,10 @@
 """`refsav score` against a generated corpus of malformed submissions (issue 12).
 
 Every case is built from a small table of (family, builder) functions and scored by the
-real CLI entry point, each in a forked child of this process (the imports are paid once,
-so a case costs tens of milliseconds) with a time limit and a memory ceiling. For each
+real CLI entry point, each in a forked child of one fresh runner process (this file run
+as a script: the imports are paid once, so a case costs tens of milliseconds, and the
+children's peak RSS is that of a standalone `refsav score`, whatever pytest has loaded)
+with a time limit and a memory ceiling. For each
 case: no traceback, no hang, the documented exit code (0 scored, 2 refused with one
 `error:` line naming the file, and the field where there is one), the expected issue
 kinds in scores.json when it is scored, nothing written outside --out, and a peak RSS
@@ -38,10 +40,6 @@ from PIL import Image
 
 from refsav.cli import main
 from refsav.schemas import rle as rle_ops
-
-# Imported before forking, so that the children start warm.
-for _module in ("pyarrow.parquet", "refsav.benchmark.cli", "refsav.benchmark.score", "refsav.runtime.progress"):
-    importlib.import_module(_module)
 
 H, W = 12, 16
 VIDEOS = {"vidA": ["00000", "00001", "00002"], "vidB": ["00000", "00001"]}
@@ -789,41 +787,23 @@ class Outcome:
     code: int
     stdout: str
     stderr: str
-    peak_rss: int  # bytes: the peak a `refsav score` process of its own would reach (see run_forked)
+    peak_rss: int  # bytes
     seconds: float
     timed_out: bool
 
 
-def _status(field: str) -> int:
-    """A size from /proc/self/status, in bytes."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+def run_forked(argv: list[str], logs: Path, cwd: Path, timeout: float = CASE_TIMEOUT_S) -> Outcome:
+    """`refsav <argv>` in a forked child of this process: exit code, output, peak RSS, time.
 
-
-def fresh_process_rss(argv: list[str]) -> int:
-    """Peak RSS of `refsav <argv>` run as a process of its own (imports included)."""
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("refsav")), *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0
-    return usage.ru_maxrss * 1024
-
-
-def run_forked(argv: list[str], logs: Path, cwd: Path, baseline_rss: int, timeout: float = CASE_TIMEOUT_S) -> Outcome:
-    """`refsav <argv>` in a forked child: its exit code, output, peak RSS and time.
-
-    A forked child starts with this process's resident pages (pytest, other test
-    modules' imports), so its own peak counts only what it grew by since the fork, added
-    to ``baseline_rss``, the peak of a standalone `refsav score` of a good submission."""
+    Meant for `runner`, a fresh process: a forked child starts with its parent's resident
+    pages, so its peak RSS is that of a standalone `refsav score` only when the parent
+    is as small as one."""
     out_log, err_log = logs.with_suffix(".out"), logs.with_suffix(".err")
+    with open("/proc/self/status") as fh:
+        vm_size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
     # A safety net only (the check is on peak RSS): far above any sane case, so that a
-    # runaway read fails this test with a MemoryError instead of exhausting the machine.
-    address_space = _status("VmSize") + 4 * GIB
-    rss_at_fork = _status("VmRSS")
+    # runaway read fails with a MemoryError instead of exhausting the machine.
+    address_space = vm_size + 4 * GIB
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
@@ -857,8 +837,22 @@ def run_forked(argv: list[str], logs: Path, cwd: Path, baseline_rss: int, timeou
             break
         time.sleep(0.003)
     return Outcome(os.waitstatus_to_exitcode(status), out_log.read_text(errors="replace"),
-                   err_log.read_text(errors="replace"), baseline_rss + max(0, usage.ru_maxrss * 1024 - rss_at_fork),
-                   time.monotonic() - start, timed_out)
+                   err_log.read_text(errors="replace"), usage.ru_maxrss * 1024, time.monotonic() - start, timed_out)
+
+
+def runner(jobs_file: Path, results_file: Path) -> None:
+    """Run the jobs of ``jobs_file`` (argv, log stem, cwd), one forked child each, and
+    write their outcomes: a fresh, small process, so peaks are a standalone run's."""
+    jobs = json.loads(jobs_file.read_text())
+    # Everything the command imports lazily, loaded once here rather than once per child.
+    for module in ("pyarrow.parquet", "PIL.PngImagePlugin", "refsav.benchmark.cli", "refsav.benchmark.score",
+                   "refsav.runtime.progress", "rich.table", "rich.console"):
+        importlib.import_module(module)
+    warm = jobs[0]  # the control case: scores, and pulls in whatever else the command imports
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        main(warm["argv"][:-1] + [warm["argv"][-1] + "-warm"])
+    outcomes = [run_forked(job["argv"], Path(job["logs"]), Path(job["cwd"])).__dict__ for job in jobs]
+    results_file.write_text(json.dumps(outcomes))
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:
@@ -928,25 +922,24 @@ def test_malformed_submissions_are_answered_not_crashed(tmp_path):
     preds = {}
     for i, case in enumerate(cases):
         preds[case.name] = case.build(work / f"{i:03d}")
-    # One scoring in this process first: every module and plugin the command imports
-    # lazily is then loaded once, not once per forked case.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["score", "--protocol", "refsav", "--gt", str(gt), "--pred", str(preds["good-tree"]),
-                     "--out", str(tmp_path / "warm")]) == 0
-    baseline_rss = fresh_process_rss(["score", "--protocol", "refsav", "--gt", str(gt), "--pred", str(preds["good-tree"]),
-                                      "--out", str(tmp_path / "warm")])
-    assert baseline_rss < PEAK_RSS_LIMIT // 2
+    control = next(i for i, c in enumerate(cases) if c.name == "good-tree")
+    order = [control] + [i for i in range(len(cases)) if i != control]
+    argvs = {i: ["score", "--protocol", "refsav", "--gt", str(gt), "--pred", str(preds[cases[i].name]),
+                 "--out", str(outs / f"{i:03d}"), *cases[i].args] for i in order}
+    jobs = [{"argv": argvs[i], "logs": str(logs / f"{i:03d}"), "cwd": str(cwd)} for i in order]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     before = snapshot(work, gt, cwd)
-    failures, timing, peaks = [], [], []
     started = time.monotonic()
-    for i, case in enumerate(cases):
-        out = outs / f"{i:03d}"
-        argv = ["score", "--protocol", "refsav", "--gt", str(gt), "--pred", str(preds[case.name]), "--out", str(out),
-                *case.args]
-        outcome = run_forked(argv, logs / f"{i:03d}", cwd, baseline_rss)
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path / "jobs.json"), str(tmp_path / "results.json")],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcomes = [Outcome(**o) for o in json.loads((tmp_path / "results.json").read_text())]
+    failures, timing, peaks = [], [], []
+    for i, outcome in zip(order, outcomes):
+        case = cases[i]
         timing.append((outcome.seconds, case.name))
         peaks.append((outcome.peak_rss, case.name))
-        for problem in check(case, outcome, out):
+        for problem in check(case, outcome, outs / f"{i:03d}"):
             failures.append(f"{case.family}/{case.name}: {problem}")
     after = snapshot(work, gt, cwd)
     changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
@@ -982,3 +975,7 @@ def test_limits_parse_and_the_submission_hash_is_unchanged(tmp_path):
     assert submission_sha256(root) == want.hexdigest()
     data = (root / FIRST_PNG).read_bytes()
     assert submission_sha256(root / FIRST_PNG) == hashlib.sha256(data).hexdigest()
+
+
+if __name__ == "__main__":
+    runner(Path(sys.argv[1]), Path(sys.argv[2]))
