@@ -275,9 +275,13 @@ def not_plain_file_cases() -> list[Case]:
 
     def socket_inside(d: Path) -> Path:
         root = write_tree(d / "sub", without(good_tree(), "vidB/0/00000.png"))
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(root / "vidB" / "0" / "00000.png"))
-        s.close()
+        s, here = socket.socket(socket.AF_UNIX), os.getcwd()
+        try:  # bound by a relative name: a socket's full path may not exceed 107 bytes
+            os.chdir(root / "vidB" / "0")
+            s.bind("00000.png")
+        finally:
+            os.chdir(here)
+            s.close()
         return root
 
     def link_to(target: str, inside: str) -> Callable[[Path], Path]:
