@@ -168,7 +168,10 @@ class ReadOnlyFiles:
                     rel.encode("utf-8")
                 except UnicodeEncodeError:
                     raise SchemaError("file or folder name is not valid UTF-8", file=printable(full), field="name") from None
-                st = os.lstat(full)
+                try:
+                    st = os.lstat(full)
+                except OSError as err:  # removed or made unreadable since it was listed
+                    raise SchemaError(f"cannot read ({err.strerror})", file=printable(full)) from None
                 if stat.S_ISLNK(st.st_mode):
                     target = os.path.realpath(full)
                     if os.path.commonpath([real_root, target]) != real_root:
@@ -241,7 +244,7 @@ class ReadOnlyFiles:
         try:
             with open(self.root, "rb") as fh:
                 end = zipfile._EndRecData(fh)  # private but stable since Python 2; only a pre-check
-        except (AttributeError, OSError, ValueError):
+        except Exception:  # only a pre-check: zipfile itself reports a damaged archive below
             return
         if end is not None and end[zipfile._ECD_ENTRIES_TOTAL] > self.limits.max_files:
             raise SchemaError(f"zip lists {end[zipfile._ECD_ENTRIES_TOTAL]} entries, over the limit of "
