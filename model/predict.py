@@ -67,11 +67,15 @@ class RunSpec:
     answer: str | None = None  # forced answer (teacher forcing): times the mask path, not the LLM
     desa2va_heads: str | None = None  # DeSa2VA heads file (absolute); None = plain Sa2VA
     desa2va_heads_sha256: str | None = None  # its content, checked again when a worker loads it
+    # Read pickle weight files (still through torch.load(weights_only=True)). How the
+    # weights are read, not what they are, so run.json does not record it.
+    allow_pickle: bool = False
 
     def settings(self) -> dict:
         """What run.json stores. The heads keys appear only when heads are used, so
         plain Sa2VA runs written before DeSa2VA existed still resume."""
         out = asdict(self)
+        out.pop("allow_pickle")
         if self.desa2va_heads is None:
             out.pop("desa2va_heads")
             out.pop("desa2va_heads_sha256")
@@ -99,12 +103,12 @@ def prompt_for(expression: str, *, image: bool = False) -> str:
 _MODELS: dict[tuple, Any] = {}
 
 
-def _load_model(path: str, dtype: str, device: str):
+def _load_model(path: str, dtype: str, device: str, allow_pickle: bool = False):
     import torch
 
     from .checkpoint import load_sa2va
 
-    return load_sa2va(path, dtype=getattr(torch, dtype), device=device)
+    return load_sa2va(path, dtype=getattr(torch, dtype), device=device, allow_pickle=allow_pickle)
 
 
 def _with_heads(sa2va, heads: str, sha256: str | None):
@@ -128,10 +132,10 @@ def _with_heads(sa2va, heads: str, sha256: str | None):
 def get_model(spec: RunSpec):
     """The loaded model of this process (a Dask worker loads it on its first task):
     a `Sa2VA`, or a `DeSa2VA` with `--desa2va-heads`; both have `predict`."""
-    key = (spec.model, spec.dtype, spec.device, spec.desa2va_heads, spec.desa2va_heads_sha256)
+    key = (spec.model, spec.dtype, spec.device, spec.desa2va_heads, spec.desa2va_heads_sha256, spec.allow_pickle)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: GPU memory holds one
-        model = _load_model(spec.model, spec.dtype, spec.device)
+        model = _load_model(spec.model, spec.dtype, spec.device, spec.allow_pickle)
         if spec.desa2va_heads is not None:
             model = _with_heads(model, spec.desa2va_heads, spec.desa2va_heads_sha256)
         _MODELS[key] = model
@@ -451,6 +455,9 @@ def predict_options(fn):
         click.option("--scheduler", default=None, help="Run on an existing Dask cluster (tcp://host:8786)."),
         click.option("--desa2va-heads", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="DeSa2VA heads (refsav model train-heads): predict their fused masks instead of Sa2VA's."),
+        click.option("--allow-pickle", is_flag=True, default=False,
+                     help="Also read pickle weight files (.bin/.pt/.pth), listed in the shard index or alone; "
+                          "they are still loaded with torch.load(weights_only=True). Default: safetensors only."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -458,7 +465,8 @@ def predict_options(fn):
 
 
 def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str, num_key_frames: int,
-          max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None) -> RunSpec:
+          max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None,
+          allow_pickle: bool = False) -> RunSpec:
     if not model_path.is_dir():
         raise SchemaError("not a checkpoint folder", file=model_path)
     heads = sha = None
@@ -472,16 +480,16 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
         load_heads(desa2va_heads, read_config(model_path).llm_hidden_size)
         heads, sha = str(desa2va_heads.resolve()), sha256_file(desa2va_heads)
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
-                   max_new_tokens, force_answer, heads, sha)
+                   max_new_tokens, force_answer, heads, sha, allow_pickle)
 
 
 def predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
                           force_answer, meta_name, frames, images, split, split_by, limit, workers,
-                          scheduler, desa2va_heads=None) -> PredictResult:
+                          scheduler, desa2va_heads=None, allow_pickle=False) -> PredictResult:
     import time
 
     spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer,
-                 desa2va_heads)
+                 desa2va_heads, allow_pickle)
     t0 = time.perf_counter()
     res = run_predict(spec, gt, out, meta_name=meta_name, frames=frames, images=images, split=split,
                       split_by=split_by, limit=limit, workers=workers, scheduler=scheduler)

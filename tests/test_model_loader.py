@@ -1,0 +1,242 @@
+"""Hostile and broken checkpoint folders: the loader refuses each with one line naming
+the file and the tensor, and never executes a pickle.
+
+Every folder here is the tiny random Sa2VA of tests/test_model.py with one thing
+changed: a shard index that points elsewhere, pickle weights, a tensor of the wrong
+dtype, non-finite values, an unreadable file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_model import one_thread, tiny_dir  # noqa: F401 - fixtures: one torch thread, a tiny Sa2VA
+
+from refsav.model.checkpoint import CheckpointError, WeightSource, load_sa2va, save_released
+
+INDEX = "model.safetensors.index.json"
+
+
+@pytest.fixture(scope="module")
+def tensors(tiny_dir):  # noqa: F811 - the imported fixture
+    return load_file(str(tiny_dir / "model.safetensors"))
+
+
+def _folder(tiny_dir, dst, *, weights=True):
+    """The tiny checkpoint's config and tokenizer files, and its weights if asked."""
+    ignore = None if weights else shutil.ignore_patterns("*.safetensors")
+    shutil.copytree(tiny_dir, dst, ignore=ignore)
+    return dst
+
+
+def _index(folder, weight_map):
+    (folder / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+class _Payload:
+    """Unpickling this opens (creates) `marker` for writing: proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _pickle_bomb(path, tensors, marker):
+    """A torch.save file with every real tensor plus one object whose unpickling
+    creates `marker`: with weights_only=False it would load and run."""
+    torch.save({**tensors, "payload": _Payload(marker)}, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the shard index
+
+
+@pytest.mark.parametrize("name", [
+    "../outside/model.safetensors",
+    "sub/../../outside/model.safetensors",
+    "..\\outside\\model.safetensors",
+    "/ABS/model.safetensors",
+    "../../../../../../etc/passwd",
+])
+def test_index_cannot_point_outside_the_folder(tiny_dir, tensors, tmp_path, name):
+    # A complete, valid weight file sits where the index points: only the rule stops it.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(tiny_dir / "model.safetensors", outside / "model.safetensors")
+    folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
+    name = name.replace("/ABS", str(outside))
+    _index(folder, {k: name for k in tensors})
+    with pytest.raises(CheckpointError) as err:
+        WeightSource(folder)
+    msg = str(err.value)
+    assert "outside the checkpoint folder" in msg and INDEX in msg and "\n" not in msg
+
+
+def test_index_entries_inside_the_folder_still_load(tiny_dir, tensors, tmp_path):
+    folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
+    (folder / "shards").mkdir()
+    keys = sorted(tensors)
+    save_file({k: tensors[k] for k in keys[:100]}, str(folder / "shards" / "a.safetensors"))
+    save_file({k: tensors[k] for k in keys[100:]}, str(folder / "b.safetensors"))
+    _index(folder, {k: ("shards/a.safetensors" if i < 100 else "./b.safetensors") for i, k in enumerate(keys)})
+    source = WeightSource(folder)
+    assert set(source.index) == set(tensors)
+    assert source.index[keys[0]].file == folder / "shards" / "a.safetensors"
+
+
+@pytest.mark.parametrize("index, match", [
+    ({"weight_map": {}}, "missing or empty"),
+    ({"weight_map": ["model.safetensors"]}, "missing or empty"),
+    (["not", "an", "object"], "missing or empty"),
+    ({"weight_map": {"a": 7}}, "not a file name"),
+    ({"weight_map": {"a": "config.json"}}, "not a weight file"),
+    ({"weight_map": {"a": "gone.safetensors"}}, "listed in the index but missing"),
+])
+def test_bad_index_contents_are_one_line_errors(tiny_dir, tmp_path, index, match):
+    folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
+    (folder / INDEX).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=match) as err:
+        WeightSource(folder)
+    assert "\n" not in str(err.value)
+
+
+def test_unparsable_index_is_a_one_line_error(tiny_dir, tmp_path):
+    from refsav.schemas.errors import SchemaError
+
+    folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
+    (folder / INDEX).write_text('{"weight_map": ' + "[" * 100_000)
+    with pytest.raises(SchemaError) as err:
+        WeightSource(folder)
+    assert INDEX in str(err.value) and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- pickles never run
+
+
+def test_no_pickle_is_ever_executed(tiny_dir, tensors, tmp_path):
+    marker = tmp_path / "PWNED"
+    # 1. The index lists a .bin next to safetensors: refused before it is opened.
+    listed = _folder(tiny_dir, tmp_path / "listed", weights=False)
+    _pickle_bomb(listed / "pytorch_model.bin", tensors, marker)
+    _index(listed, {k: "pytorch_model.bin" for k in tensors})
+    with pytest.raises(CheckpointError, match="the index lists pickle weight files.*--allow-pickle") as err:
+        load_sa2va(listed)
+    assert INDEX in str(err.value)
+    # 2. Only pickle files in the folder: refused too.
+    only = _folder(tiny_dir, tmp_path / "only", weights=False)
+    _pickle_bomb(only / "pytorch_model.bin", tensors, marker)
+    with pytest.raises(CheckpointError, match="only pickle weight files"):
+        load_sa2va(only)
+    # 3. Opted in: torch.load(weights_only=True) refuses the object, as a one-line error.
+    for folder in (listed, only):
+        with pytest.warns(UserWarning, match="pickle"), pytest.raises(CheckpointError) as err:
+            load_sa2va(folder, allow_pickle=True)
+        msg = str(err.value)
+        assert "pickle file refused or unreadable" in msg and "pytorch_model.bin" in msg and "\n" not in msg
+    assert not marker.exists()
+    # The payload is live: an unrestricted load runs it. This is what the loader prevented.
+    torch.load(only / "pytorch_model.bin", weights_only=False)
+    assert marker.exists()
+
+
+def test_opted_in_plain_pickle_loads(tiny_dir, tensors, tmp_path):
+    folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
+    keys = sorted(tensors)
+    torch.save({k: tensors[k] for k in keys[:50]}, folder / "part1.bin")
+    save_file({k: tensors[k] for k in keys[50:]}, str(folder / "part2.safetensors"))
+    _index(folder, {k: ("part1.bin" if i < 50 else "part2.safetensors") for i, k in enumerate(keys)})
+    with pytest.warns(UserWarning, match="allow_pickle=True"):
+        source = WeightSource(folder, allow_pickle=True)
+    assert set(source.index) == set(tensors)
+    assert source.index[keys[0]].dtype == "float32" and source.index[keys[-1]].dtype == "F32"
+
+
+def test_pickle_of_something_else_is_refused(tiny_dir, tmp_path):
+    folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
+    torch.save([torch.zeros(2)], folder / "pytorch_model.bin")
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="holds a list, not a state dict"):
+        WeightSource(folder, allow_pickle=True)
+
+
+# ----------------------------------------------------------------------------- tensor values
+
+
+def test_integer_tensor_is_refused_by_name(tiny_dir, tensors, tmp_path):
+    bad = dict(tensors)
+    bad["text_hidden_fcs.2.weight"] = torch.ones_like(tensors["text_hidden_fcs.2.weight"], dtype=torch.int8)
+    folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
+    save_file(bad, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_sa2va(folder)
+    msg = str(err.value)
+    assert "1 not floating point (text_hidden_fcs.2.weight: I8)" in msg and "\n" not in msg
+    # The same tensor in an opted-in pickle file: the torch dtype is named.
+    pickled = _folder(tiny_dir, tmp_path / "pickled", weights=False)
+    torch.save(bad, pickled / "pytorch_model.bin")
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match=r"text_hidden_fcs\.2\.weight: int8"):
+        load_sa2va(pickled, allow_pickle=True)
+
+
+def test_non_finite_values_are_reported(tiny_dir, tensors, tmp_path):
+    bad = dict(tensors)
+    w = tensors["text_hidden_fcs.0.weight"].clone()
+    w[0, :2] = float("nan")
+    w[3, 4] = float("-inf")
+    bad["text_hidden_fcs.0.weight"] = w
+    emb = tensors["language_model.model.embed_tokens.weight"].clone()
+    emb[5, 5] = float("inf")
+    bad["language_model.model.embed_tokens.weight"] = emb.to(torch.bfloat16)  # any float dtype is checked
+    folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
+    save_file(bad, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_sa2va(folder)
+    msg = str(err.value)
+    assert "2 with non-finite values" in msg and "\n" not in msg
+    assert "text_hidden_fcs.0.weight: 2 NaN, 1 inf" in msg
+    assert "language_model.model.embed_tokens.weight: 0 NaN, 1 inf" in msg
+    with pytest.warns(UserWarning, match="non-finite weights loaded"):
+        loaded = load_sa2va(folder, strict=False)
+    assert loaded.load_report.nonfinite == (("language_model.model.embed_tokens.weight", 0, 1),
+                                            ("text_hidden_fcs.0.weight", 2, 1))
+    assert not loaded.load_report.ok
+
+
+def test_truncated_safetensors_is_a_one_line_error(tiny_dir, tmp_path):
+    folder = _folder(tiny_dir, tmp_path / "ckpt")
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable safetensors file") as err:
+        WeightSource(folder)
+    assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- files written
+
+
+def test_written_checkpoints_get_the_mode_of_any_new_file(tiny_dir, tmp_path):
+    from refsav.schemas.io import atomic_path
+
+    probe = tmp_path / "probe"
+    with atomic_path(probe) as tmp:
+        tmp.write_text("x")
+    expected = stat.S_IMODE(probe.stat().st_mode)  # 0o666 under the umask, e.g. 0o644
+    assert expected == 0o666 & ~_umask()
+    out = save_released(load_sa2va(tiny_dir), tmp_path / "saved", max_shard_bytes=60 * 1024**2)
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 1  # sharded: every shard and the index are checked
+    for f in shards + [out / INDEX, out / "config.json"]:
+        assert stat.S_IMODE(f.stat().st_mode) == expected, (f.name, oct(f.stat().st_mode))
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
