@@ -5,7 +5,8 @@ frames beside it (`videos/<vid>/<frame>.jpg` for the Ref-SAV eval set,
 `JPEGImages/<vid>/<frame>.jpg` for MeViS / ReVOS), run `Sa2VA.predict` once per
 expression on the video's frames, and write:
 
-    OUT/run.json              the settings; a resumed run must use the same ones
+    OUT/run.json              the settings; a resumed run must use the same ones (a run
+                              that fails before its first part removes it again)
     OUT/parts/<video>.json    one video of Sa2VA's results.json, written atomically
     OUT/results.json          all parts, in ground-truth order (what `refsav score` reads)
 
@@ -26,10 +27,11 @@ predicting on cuda). Each worker process loads the model once.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -329,7 +331,15 @@ class PredictResult:
     items: int  # videos / sentences in the output
 
 
-def _check_run_file(out: Path, spec: RunSpec, extra: dict) -> None:
+@contextlib.contextmanager
+def _run_file(out: Path, spec: RunSpec, extra: dict) -> Iterator[None]:
+    """Check OUT/run.json against these settings, or write it; run the body.
+
+    A run that writes run.json and then fails before any part exists (a bad
+    --model, an unreadable first frame) takes run.json back out, with the parts/
+    and OUT folders if it created them and they are empty: otherwise the corrected
+    rerun would find settings that made nothing and refuse the folder.
+    """
     want = {**spec.settings(), **extra}
     path = out / "run.json"
     if path.exists():
@@ -338,8 +348,22 @@ def _check_run_file(out: Path, spec: RunSpec, extra: dict) -> None:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)) if isinstance(have, dict) else []
             raise RefsavError(f"OUT holds predictions made with other settings ({', '.join(diff) or 'unreadable'}); "
                               "use a new --out or delete it", file=path)
-    else:
-        atomic_write_json(path, want, indent=1)
+        yield
+        return
+    made_out = not out.exists()
+    parts = out / "parts"
+    made_parts = not parts.exists()
+    atomic_write_json(path, want, indent=1)
+    try:
+        yield
+    except BaseException:
+        if not (parts.is_dir() and any(parts.iterdir())):
+            path.unlink(missing_ok=True)
+            for folder, made in ((parts, made_parts), (out, made_out)):
+                if made:
+                    with contextlib.suppress(OSError):  # not empty, or gone: leave it
+                        folder.rmdir()
+        raise
 
 
 def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str | None = None,
@@ -355,7 +379,6 @@ def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str
     if limit is not None:
         videos = videos[:limit]
     frame_root = Path(frames) if frames else find_frame_root(gt)
-    _check_run_file(out, spec, {"gt": str(gt.resolve()), "meta": meta_name})
     parts = out / "parts"
     tasks, skipped, index = [], 0, 0
     for v in videos:
@@ -367,7 +390,8 @@ def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str
                 raise SchemaError("no frame folder for this video", file=frame_root / v.video_id, record=v.video_id)
             tasks.append(VideoTask(v, str(frame_root), str(part), index, spec))
         index += len(v.expressions)
-    with progress_bar("predicting videos", total=len(videos), enabled=progress) as advance:
+    with _run_file(out, spec, {"gt": str(gt.resolve()), "meta": meta_name}), \
+            progress_bar("predicting videos", total=len(videos), enabled=progress) as advance:
         advance(skipped)
         if tasks:
             with _executor(workers, scheduler, spec.device) as ex:
@@ -389,14 +413,14 @@ def predict_image_protocol(spec: RunSpec, gt: Path, out: Path, *, images: Path |
         raise RefsavError("image protocols need --images (the COCO train2014 folder)", field="images")
     truth = load_ground_truth(gt, spec.protocol, split, split_by)
     samples = truth.samples[:limit] if limit is not None else truth.samples
-    _check_run_file(out, spec, {"gt": str(Path(gt).resolve()), "split": split, "split_by": split_by,
-                                "chunk_size": chunk_size})
     paths = {iid: str(find_image(Path(images), iid)) for iid in sorted({s.image_id for s in samples})}
     chunks = [tuple(samples[i:i + chunk_size]) for i in range(0, len(samples), chunk_size)]
     parts = [out / "parts" / f"chunk_{k:05d}.parquet" for k in range(len(chunks))]
     tasks = [ImageTask(c, {s.image_id: paths[s.image_id] for s in c}, str(p), spec)
              for c, p in zip(chunks, parts) if not p.exists()]
-    with progress_bar(f"predicting {split} sentences", total=len(samples), enabled=progress) as advance:
+    settings = {"gt": str(Path(gt).resolve()), "split": split, "split_by": split_by, "chunk_size": chunk_size}
+    with _run_file(out, spec, settings), \
+            progress_bar(f"predicting {split} sentences", total=len(samples), enabled=progress) as advance:
         advance(len(samples) - sum(len(t.samples) for t in tasks))
         if tasks:
             with _executor(workers, scheduler, spec.device) as ex:
@@ -469,15 +493,18 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
           allow_pickle: bool = False) -> RunSpec:
     if not model_path.is_dir():
         raise SchemaError("not a checkpoint folder", file=model_path)
+    from .checkpoint import read_config
+
+    # config.json only (no weights): a folder that is no Sa2VA checkpoint fails before OUT is touched.
+    config = read_config(model_path)
     heads = sha = None
     if desa2va_heads is not None:
         from refsav.schemas.io import sha256_file
 
-        from .checkpoint import read_config
         from .desa2va import load_heads
 
-        # A bad or misfitting file fails here, before run.json is written (config.json only, no weights).
-        load_heads(desa2va_heads, read_config(model_path).llm_hidden_size)
+        # A bad or misfitting file fails here, before run.json is written.
+        load_heads(desa2va_heads, config.llm_hidden_size)
         heads, sha = str(desa2va_heads.resolve()), sha256_file(desa2va_heads)
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
                    max_new_tokens, force_answer, heads, sha, allow_pickle)

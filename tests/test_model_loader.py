@@ -240,3 +240,72 @@ def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
     return old
+
+
+# ----------------------------------------------------------------------------- `refsav predict` with a bad --model
+
+
+@pytest.fixture(scope="module")
+def gt(tmp_path_factory):
+    from refsav.pipelines.sample import EVAL, SampleConfig, write_sample
+
+    root = tmp_path_factory.mktemp("sample")
+    write_sample(root, SampleConfig(videos=1, width=48, height=32, frames=3, objects=1), show_progress=False)
+    return root / EVAL
+
+
+def _predict(model, gt, out, *extra):
+    import refsav.cli as root_cli
+
+    args = ["predict", "--model", model, "--protocol", "refsav", "--gt", gt, "--out", out, "--dtype", "fp32",
+            "--force-answer", "Sure, [SEG].", "--num-key-frames", "1", *extra]
+    return root_cli.main([str(a) for a in args])
+
+
+def test_a_failed_start_leaves_nothing_behind(tiny_dir, tensors, gt, tmp_path, capsys):
+    pickled = _folder(tiny_dir, tmp_path / "pickled", weights=False)
+    torch.save(tensors, pickled / "pytorch_model.bin")
+    out = tmp_path / "out"
+    assert _predict(pickled, gt, out) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # the rest is the progress bar
+    assert len(errors) == 1 and "--allow-pickle" in errors[0] and "Traceback" not in err
+    assert not out.exists()  # run.json gone, and the folders the run made
+
+    # An OUT the user made stays, empty; an unreadable first frame fails the same way.
+    out.mkdir()
+    broken = tmp_path / "broken_gt"
+    shutil.copytree(gt, broken)
+    first = sorted(p for p in (broken / "videos").rglob("*") if p.is_file())[0]
+    first.write_bytes(b"not an image")
+    assert _predict(tiny_dir, broken, out) == 2
+    assert "unreadable image" in capsys.readouterr().err
+    assert out.is_dir() and list(out.iterdir()) == []
+
+    # The corrected reruns (another --model, another --gt) are not refused.
+    assert _predict(tiny_dir, gt, out) == 0
+    assert json.loads((out / "run.json").read_text())["model"] == str(tiny_dir.resolve())
+    assert (out / "results.json").exists()
+    capsys.readouterr()
+    # --allow-pickle reaches the loader; it is how weights are read, not a setting of the
+    # predictions, so the same weights as pickle give the same results and may share OUT.
+    again = tmp_path / "again"
+    with pytest.warns(UserWarning, match="allow_pickle=True"):
+        assert _predict(pickled, gt, again, "--allow-pickle") == 0
+    assert "allow_pickle" not in json.loads((again / "run.json").read_text())
+    assert (again / "results.json").read_bytes() == (out / "results.json").read_bytes()
+
+
+def test_a_failure_after_the_first_part_keeps_run_json(tiny_dir, gt, tmp_path, monkeypatch, capsys):
+    import refsav.model.predict as mp
+
+    out = tmp_path / "out"
+    assert _predict(tiny_dir, gt, out) == 0
+    (out / "results.json").unlink()
+    parts = sorted((out / "parts").iterdir())
+    # A later failure (here: while collecting results) must not drop the settings that made the parts.
+    monkeypatch.setattr(mp, "_part_is_complete", lambda *a: False)
+    monkeypatch.setattr(mp, "predict_video", lambda task: (_ for _ in ()).throw(mp.SchemaError("boom")))
+    assert _predict(tiny_dir, gt, out) == 2
+    assert "boom" in capsys.readouterr().err
+    assert (out / "run.json").exists() and sorted((out / "parts").iterdir()) == parts
