@@ -15,15 +15,18 @@ import stat
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_model import one_thread, tiny_dir  # noqa: F401 - fixtures: one torch thread, a tiny Sa2VA
-
+import test_model
 from refsav.model.checkpoint import CheckpointError, WeightSource, load_sa2va, save_released
+
+# Fixtures shared with tests/test_model.py: one torch thread, the tiny InternVL Sa2VA folder.
+one_thread = test_model.one_thread
+tiny_dir = test_model.tiny_dir
 
 INDEX = "model.safetensors.index.json"
 
 
 @pytest.fixture(scope="module")
-def tensors(tiny_dir):  # noqa: F811 - the imported fixture
+def tensors(tiny_dir):
     return load_file(str(tiny_dir / "model.safetensors"))
 
 
