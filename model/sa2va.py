@@ -199,15 +199,31 @@ class Sa2VA:
         self.stop_ids = self._stop_ids(vocab)
 
     def _stop_ids(self, vocab: dict[str, int]) -> list[int]:
+        """Token ids that end generation, as the official `predict_forward` of each family.
+
+        InternVL family: the xtuner template's stop words plus the tokenizer's EOS (the
+        official code passes both). Qwen family: the official code calls `generate`
+        with neither, so the VL model's own generation config decides, which
+        transformers builds from config.json's `eos_token_id`: `<|im_end|>` in the
+        released checkpoints. `<|endoftext|>` is *not* a stop there, so an answer
+        `[SEG]<|endoftext|><|im_end|>` runs to the `<|im_end|>`.
+        """
         if self.config.family == "internvl":
             words = self.config.chat_template().stop_words
-        else:
-            words = ("<|im_end|>", "<|endoftext|>")
-        ids = [vocab[w] for w in words if w in vocab]
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(int(self.tokenizer.eos_token_id))
+            ids = [vocab[w] for w in words if w in vocab]
+            if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+                ids.append(int(self.tokenizer.eos_token_id))
+            if not ids:
+                raise RefsavError(f"tokenizer knows none of the stop words {words}", field="tokenizer")
+            return ids
+        eos = getattr(getattr(self.model.vlm, "generation_config", None), "eos_token_id", None)
+        ids = [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None]
         if not ids:
-            raise RefsavError(f"tokenizer knows none of the stop words {words}", field="tokenizer")
+            # The official code would generate to max_new_tokens; stop at the chat turn's end instead.
+            if "<|im_end|>" not in vocab:
+                raise RefsavError("config.json gives no eos_token_id and the tokenizer has no <|im_end|>",
+                                  field="eos_token_id")
+            ids = [int(vocab["<|im_end|>"])]
         return ids
 
     # ------------------------------------------------------------------ inputs
