@@ -59,8 +59,8 @@ from torch import nn
 
 from refsav.schemas.errors import SchemaError
 
-from .config import SAM_PROMPT_DIM, PredictOptions
-from .preprocess import Frame, sam2_pixels, to_pil
+from .config import SAM_PROMPT_DIM, PredictOptions, Sam2Norm
+from .preprocess import Frame, to_pil
 from .sam2_wrapper import DecodedFrame, FrameFeatures, upsample_logits
 
 HEADS_FORMAT = "refsav-desa2va-heads/1"
@@ -279,13 +279,13 @@ class DeSa2VA(nn.Module):
         return self._image_prediction(g.text, g.seg_hidden, image, threshold)
 
     def _image_prediction(self, text: str, seg_hidden: torch.Tensor, image: Frame,
-                          threshold: float) -> "DeSa2VAPrediction":
+                          threshold: float, norm: Sam2Norm = "official") -> "DeSa2VAPrediction":
         img = to_pil(image, where="image")
         if seg_hidden.shape[0] == 0:
             empty = np.zeros((0, img.height, img.width), dtype=bool)
             return DeSa2VAPrediction(text, empty, empty, empty, np.zeros(0, dtype=np.float32))
         enc = self.sa2va.model.grounding_encoder
-        ff = enc.encode(sam2_pixels(img, enc.image_size)[None])
+        ff = enc.encode(self.sa2va.sam2_image_pixels(img, norm)[None])
         h = self.heads(seg_hidden)
         out = self.forward_features(seg_hidden, ff, heads_out=h)
         size = (img.height, img.width)
@@ -318,7 +318,7 @@ class DeSa2VA(nn.Module):
                               logits_processor=logits_processor)
         n = g.seg_hidden.shape[0]
         if image is not None:
-            p = self._image_prediction(g.text, g.seg_hidden, image, options.mask_threshold)
+            p = self._image_prediction(g.text, g.seg_hidden, image, options.mask_threshold, options.sam2_norm)
             return FusedPrediction(g.text, tuple(m[None] for m in p.masks), p.alpha, g.key_frames, g.answer_ids)
         if n == 0:
             return FusedPrediction(g.text, (), np.zeros(0, dtype=np.float32), g.key_frames, g.answer_ids)

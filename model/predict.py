@@ -69,6 +69,9 @@ class RunSpec:
     answer: str | None = None  # forced answer (teacher forcing): times the mask path, not the LLM
     desa2va_heads: str | None = None  # DeSa2VA heads file (absolute); None = plain Sa2VA
     desa2va_heads_sha256: str | None = None  # its content, checked again when a worker loads it
+    # SAM-2 input normalisation (PredictOptions.sam2_norm). Always in run.json: runs
+    # made before the option existed used "exact" and must not resume as "official".
+    sam2_norm: str = "official"
     # Read pickle weight files (still through torch.load(weights_only=True)). How the
     # weights are read, not what they are, so run.json does not record it.
     allow_pickle: bool = False
@@ -87,7 +90,7 @@ class RunSpec:
         from .config import PredictOptions
 
         return PredictOptions(max_new_tokens=self.max_new_tokens, key_frames=self.key_frames,
-                              num_key_frames=self.num_key_frames)
+                              num_key_frames=self.num_key_frames, sam2_norm=self.sam2_norm)
 
 
 def prompt_for(expression: str, *, image: bool = False) -> str:
@@ -479,6 +482,9 @@ def predict_options(fn):
         click.option("--scheduler", default=None, help="Run on an existing Dask cluster (tcp://host:8786)."),
         click.option("--desa2va-heads", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="DeSa2VA heads (refsav model train-heads): predict their fused masks instead of Sa2VA's."),
+        click.option("--sam2-norm", default="official", show_default=True, type=click.Choice(["official", "exact"]),
+                     help="SAM-2 input normalisation: official = the released code's bf16-rounded ImageNet mean/std "
+                          "(reproduces its masks); exact = float32 ImageNet mean/std."),
         click.option("--allow-pickle", is_flag=True, default=False,
                      help="Also read pickle weight files (.bin/.pt/.pth), listed in the shard index or alone; "
                           "they are still loaded with torch.load(weights_only=True). Default: safetensors only."),
@@ -490,7 +496,7 @@ def predict_options(fn):
 
 def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str, num_key_frames: int,
           max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None,
-          allow_pickle: bool = False) -> RunSpec:
+          allow_pickle: bool = False, sam2_norm: str = "official") -> RunSpec:
     if not model_path.is_dir():
         raise SchemaError("not a checkpoint folder", file=model_path)
     from .checkpoint import read_config
@@ -507,16 +513,16 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
         load_heads(desa2va_heads, config.llm_hidden_size)
         heads, sha = str(desa2va_heads.resolve()), sha256_file(desa2va_heads)
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
-                   max_new_tokens, force_answer, heads, sha, allow_pickle)
+                   max_new_tokens, force_answer, heads, sha, sam2_norm, allow_pickle)
 
 
 def predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
                           force_answer, meta_name, frames, images, split, split_by, limit, workers,
-                          scheduler, desa2va_heads=None, allow_pickle=False) -> PredictResult:
+                          scheduler, desa2va_heads=None, allow_pickle=False, sam2_norm="official") -> PredictResult:
     import time
 
     spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer,
-                 desa2va_heads, allow_pickle)
+                 desa2va_heads, allow_pickle, sam2_norm)
     t0 = time.perf_counter()
     res = run_predict(spec, gt, out, meta_name=meta_name, frames=frames, images=images, split=split,
                       split_by=split_by, limit=limit, workers=workers, scheduler=scheduler)

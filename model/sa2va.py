@@ -38,6 +38,7 @@ from refsav.schemas.errors import RefsavError, SchemaError
 
 from .config import (
     IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, SAM_PROMPT_DIM, SEG_TOKEN, PredictOptions, Sa2VAConfig,
+    Sam2Norm,
 )
 from .preprocess import (
     Frame, image_token_string, internvl_frame_pixels, internvl_image_pixels, qwen_vl_image, sam2_pixels,
@@ -332,12 +333,21 @@ class Sa2VA:
         return [clip.pil(i) for i in keys], keys, True
 
     # ------------------------------------------------------------------ masks
+    def sam2_image_pixels(self, img: Image.Image, norm: Sam2Norm = "official") -> torch.Tensor:
+        """A still image → SAM-2 input (3, S, S). With "official" normalisation under a
+        bf16 model the arithmetic runs in bf16, as the released image path does
+        (video frames are normalised in float32 there and here)."""
+        enc = self.model.grounding_encoder
+        arithmetic = torch.bfloat16 if enc.compute_dtype == torch.bfloat16 else torch.float32
+        return sam2_pixels(img, enc.image_size, norm, arithmetic=arithmetic)
+
     @torch.no_grad()
-    def segment_image(self, image: Frame, prompts: torch.Tensor, *, threshold: float = 0.0) -> np.ndarray:
+    def segment_image(self, image: Frame, prompts: torch.Tensor, *, threshold: float = 0.0,
+                      norm: Sam2Norm = "official") -> np.ndarray:
         """(n, E, 256) prompts → (n, H, W) bool masks on one image."""
         img = to_pil(image, where="image")
         enc = self.model.grounding_encoder
-        ff = enc.encode(sam2_pixels(img, enc.image_size)[None])
+        ff = enc.encode(self.sam2_image_pixels(img, norm)[None])
         feats, pos = ff.frame(0, prompts.shape[0])
         out = enc.prompt_frame(feats, pos, ff.feat_sizes, prompts, run_mem_encoder=False)
         logits = upsample_logits(out["pred_masks"], enc.image_size, (img.height, img.width))
@@ -359,7 +369,7 @@ class Sa2VA:
         enc = self.model.grounding_encoder
         keys = sorted(set(key_frames))
         order = keys + [i for i in range(len(clip)) if i not in set(keys)]  # the order `track` reads frames in
-        with _Prefetch(lambda i: sam2_pixels(clip.pil(i), enc.image_size), order) as load:
+        with _Prefetch(lambda i: sam2_pixels(clip.pil(i), enc.image_size, options.sam2_norm), order) as load:
             stream = enc.track(
                 len(clip), load, prompts, keys,
                 memory_in_bf16=options.memory_in_bf16, backbone_batch=options.backbone_batch,
@@ -392,7 +402,8 @@ class Sa2VA:
         if n == 0:
             return Sa2VAPrediction(g.text, (), embeddings, g.key_frames, g.answer_ids)
         if image is not None:
-            masks = self.segment_image(image, prompts, threshold=options.mask_threshold)[:, None]  # (n, 1, H, W)
+            masks = self.segment_image(image, prompts, threshold=options.mask_threshold,
+                                       norm=options.sam2_norm)[:, None]  # (n, 1, H, W)
         else:
             masks = np.zeros((n, len(clip), *clip.size), dtype=bool)
             for i, frame_masks in self.track_masks(clip, prompts, g.key_frames, options):
