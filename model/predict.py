@@ -69,8 +69,8 @@ class RunSpec:
     answer: str | None = None  # forced answer (teacher forcing): times the mask path, not the LLM
     desa2va_heads: str | None = None  # DeSa2VA heads file (absolute); None = plain Sa2VA
     desa2va_heads_sha256: str | None = None  # its content, checked again when a worker loads it
-    # SAM-2 input normalisation (PredictOptions.sam2_norm). Always in run.json: runs
-    # made before the option existed used "exact" and must not resume as "official".
+    # SAM-2 input normalisation (PredictOptions.sam2_norm). Always in run.json; one
+    # without it predates the option and was made with "exact".
     sam2_norm: str = "official"
     # Read pickle weight files (still through torch.load(weights_only=True)). How the
     # weights are read, not what they are, so run.json does not record it.
@@ -347,6 +347,9 @@ def _run_file(out: Path, spec: RunSpec, extra: dict) -> Iterator[None]:
     path = out / "run.json"
     if path.exists():
         have = read_json(path)
+        if isinstance(have, dict):
+            # Written before --sam2-norm existed: those predictions used the exact statistics.
+            have = {"sam2_norm": "exact", **have}
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)) if isinstance(have, dict) else []
             raise RefsavError(f"OUT holds predictions made with other settings ({', '.join(diff) or 'unreadable'}); "

@@ -333,21 +333,23 @@ class Sa2VA:
         return [clip.pil(i) for i in keys], keys, True
 
     # ------------------------------------------------------------------ masks
-    def sam2_image_pixels(self, img: Image.Image, norm: Sam2Norm = "official") -> torch.Tensor:
-        """A still image → SAM-2 input (3, S, S). With "official" normalisation under a
-        bf16 model the arithmetic runs in bf16, as the released image path does
-        (video frames are normalised in float32 there and here)."""
+    def sam2_image_pixels(self, img: Image.Image, norm: Sam2Norm = "official", *,
+                          video_frame: bool = False) -> torch.Tensor:
+        """An image → SAM-2 input (3, S, S). With "official" normalisation under a bf16
+        model a still image is normalised in bf16, as the released image path does;
+        video frames (`video_frame`) are normalised in float32 there and here."""
         enc = self.model.grounding_encoder
-        arithmetic = torch.bfloat16 if enc.compute_dtype == torch.bfloat16 else torch.float32
-        return sam2_pixels(img, enc.image_size, norm, arithmetic=arithmetic)
+        in_bf16 = enc.compute_dtype == torch.bfloat16 and not video_frame
+        return sam2_pixels(img, enc.image_size, norm, arithmetic=torch.bfloat16 if in_bf16 else torch.float32)
 
     @torch.no_grad()
     def segment_image(self, image: Frame, prompts: torch.Tensor, *, threshold: float = 0.0,
-                      norm: Sam2Norm = "official") -> np.ndarray:
-        """(n, E, 256) prompts → (n, H, W) bool masks on one image."""
+                      norm: Sam2Norm = "official", video_frame: bool = False) -> np.ndarray:
+        """(n, E, 256) prompts → (n, H, W) bool masks on one image (normalised as a video
+        frame if `video_frame`: then equal to a video's key-frame masks)."""
         img = to_pil(image, where="image")
         enc = self.model.grounding_encoder
-        ff = enc.encode(self.sam2_image_pixels(img, norm)[None])
+        ff = enc.encode(self.sam2_image_pixels(img, norm, video_frame=video_frame)[None])
         feats, pos = ff.frame(0, prompts.shape[0])
         out = enc.prompt_frame(feats, pos, ff.feat_sizes, prompts, run_mem_encoder=False)
         logits = upsample_logits(out["pred_masks"], enc.image_size, (img.height, img.width))

@@ -185,6 +185,9 @@ def test_masks_use_the_official_pixels_by_default(tiny_dir, image, dtype):
     assert not torch.equal(official, exact)  # the statistics reach the mask logits
     assert np.array_equal(sa2va.segment_image(image, prompts), (official > 0).numpy())
     assert np.array_equal(sa2va.segment_image(image, prompts, norm="exact"), (exact > 0).numpy())
+    # Normalised as a video frame (float32 arithmetic, then the model's dtype).
+    as_frame = _masks_from_pixels(sa2va, _official_preprocess(img, S), prompts, size)
+    assert np.array_equal(sa2va.segment_image(image, prompts, video_frame=True), (as_frame > 0).numpy())
 
 
 def test_video_frames_use_the_chosen_statistics(tiny):
@@ -225,3 +228,11 @@ def test_cli_records_the_normalisation(tiny_dir, tmp_path, capsys):
     assert predict(tmp_path / "exact") == 2
     err = capsys.readouterr().err
     assert "sam2_norm" in err and "run.json" in err
+    # A run.json from before the option (no sam2_norm) was made with exact statistics.
+    run = json.loads((tmp_path / "exact" / "run.json").read_text())
+    del run["sam2_norm"]
+    (tmp_path / "exact" / "run.json").write_text(json.dumps(run))
+    assert predict(tmp_path / "exact") == 2
+    assert "sam2_norm" in capsys.readouterr().err
+    assert predict(tmp_path / "exact", "--sam2-norm", "exact") == 0
+    assert "1 resumed" in capsys.readouterr().out
