@@ -675,6 +675,18 @@ def load_sa2va(
     return sa2va
 
 
+def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    """One safetensors file, landed atomically with the mode any new file gets under
+    the umask (safetensors itself creates a private 0600 file)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode & 0o777  # atomic_path's umask-based mode
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        os.chmod(tmp, mode)
+    return Path(path)
+
+
 def write_safetensors(
     folder: Path,
     specs: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
@@ -684,8 +696,6 @@ def write_safetensors(
 ) -> list[Path]:
     """Write tensors `make(name)` as HF-style (sharded) safetensors, one shard in
     memory at a time; each file lands atomically."""
-    from safetensors.torch import save_file
-
     shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
     size = 0
     for spec in specs:
@@ -707,11 +717,7 @@ def write_safetensors(
             tensors[name] = t
             weight_map[name] = fname
             total += t.numel() * t.element_size()
-        with atomic_path(folder / fname) as tmp:
-            mode = tmp.stat().st_mode & 0o777  # atomic_path's umask-based mode
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-            # safetensors writes a fresh 0600 file in place of the one atomic_path made.
-            os.chmod(tmp, mode)
+        save_safetensors(folder / fname, tensors, {"format": "pt"})
         del tensors
     if n > 1:
         atomic_write_json(folder / "model.safetensors.index.json",
@@ -761,5 +767,6 @@ def save_released(sa2va, path: str | Path, *, dtype: torch.dtype | None = None,
 __all__ = [
     "CheckpointError", "LoadPlan", "LoadReport", "Layout", "WeightSource", "build_model", "fuse", "load_sa2va",
     "load_tokenizer", "map_released_key", "plan_load", "read_config", "released_names", "save_released",
+    "save_safetensors",
     "save_tokenizer", "split_fused", "to_released", "write_safetensors",
 ]

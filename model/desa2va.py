@@ -361,16 +361,11 @@ class FusedPrediction:
 
 def save_heads(path: str | Path, heads: DecoupleHeads) -> Path:
     """Head weights as one safetensors file, config in its metadata; written atomically."""
-    from safetensors.torch import save_file
+    from .checkpoint import save_safetensors
 
-    from refsav.schemas.io import atomic_path
-
-    path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
     meta = {"format": "pt", "refsav": HEADS_FORMAT, "config": json.dumps(asdict(heads.config), sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
+    return save_safetensors(Path(path), tensors, meta)
 
 
 def load_heads(path: str | Path, hidden_size: int | None = None) -> DecoupleHeads:

@@ -232,10 +232,14 @@ def test_written_checkpoints_get_the_mode_of_any_new_file(tiny_dir, tmp_path):
         tmp.write_text("x")
     expected = stat.S_IMODE(probe.stat().st_mode)  # 0o666 under the umask, e.g. 0o644
     assert expected == 0o666 & ~_umask()
-    out = save_released(load_sa2va(tiny_dir), tmp_path / "saved", max_shard_bytes=60 * 1024**2)
+    from refsav.model.desa2va import DeSa2VA, save_heads
+
+    sa2va = load_sa2va(tiny_dir)
+    out = save_released(sa2va, tmp_path / "saved", max_shard_bytes=60 * 1024**2)
     shards = sorted(out.glob("*.safetensors"))
     assert len(shards) > 1  # sharded: every shard and the index are checked
-    for f in shards + [out / INDEX, out / "config.json"]:
+    heads = save_heads(tmp_path / "heads.safetensors", DeSa2VA.from_sa2va(sa2va, seed=0).heads)
+    for f in shards + [out / INDEX, out / "config.json", heads]:
         assert stat.S_IMODE(f.stat().st_mode) == expected, (f.name, oct(f.stat().st_mode))
 
 
