@@ -640,7 +640,16 @@ def load_sa2va(
     source = WeightSource(folder, allow_pickle=allow_pickle, device="cpu")
     tokenizer, processor = load_tokenizer(folder, cfg)
     tied = _lm_head_key(layout) not in source.index and _ties_embeddings(cfg)
-    model = build_model(cfg, tokenizer, dtype=dtype, device=device, tied=tied)
+    try:
+        model = build_model(cfg, tokenizer, dtype=dtype, device=device, tied=tied)
+    except SchemaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers' config validation, allocation, arithmetic
+        # A config.json that transformers rejects (wrong types, zero heads) or whose sizes
+        # cannot be allocated: one line, not a traceback from deep inside the library.
+        text = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"cannot build the model this config describes ({type(exc).__name__}: {text})",
+                              file=folder / "config.json") from None
     state = model.state_dict(keep_vars=True)
     module_shapes = {k: tuple(v.shape) for k, v in state.items()}
     plan = plan_load({k: v.shape for k, v in source.index.items()}, module_shapes, layout,

@@ -16,6 +16,7 @@ files do not have; its absence means "Hiera-L, 1024".
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -83,6 +84,19 @@ class Sam2Spec:
     config_name: str = "configs/sam2/sam2_hiera_l.yaml"
     image_size: int = 1024
 
+    def __post_init__(self) -> None:
+        # The YAML is handed to hydra's `instantiate`, which calls whatever `_target_` it
+        # names: only the sam2 package's own model configs may be used, never a path
+        # that config.json could point at a file of its choosing.
+        if not re.fullmatch(r"configs/sam2(\.1)?/[A-Za-z0-9_+\-]+(\.[A-Za-z0-9_+\-]+)*\.yaml", self.config_name) \
+                or ".." in self.config_name.split("/"):
+            raise SchemaError(f"{self.config_name!r} is not one of the sam2 package's configs "
+                              "(configs/sam2/<name>.yaml or configs/sam2.1/<name>.yaml)", field="refsav.sam2.config")
+        # A frame is resized to image_size² before SAM-2: an absurd size would exhaust memory.
+        if not (64 <= self.image_size <= 4096 and self.image_size % 32 == 0):
+            raise SchemaError(f"image_size must be a multiple of 32 from 64 to 4096, got {self.image_size}",
+                              field="refsav.sam2.image_size")
+
     def to_json(self) -> dict[str, Any]:
         return {"config": self.config_name, "image_size": self.image_size}
 
@@ -92,6 +106,8 @@ class Sam2Spec:
             return cls()
         try:
             return cls(config_name=str(raw["config"]), image_size=int(raw["image_size"]))
+        except SchemaError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"bad SAM-2 spec {dict(raw)!r}: {exc}", field="refsav.sam2") from None
 

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 import test_model
 from refsav.model.checkpoint import CheckpointError, WeightSource, load_sa2va, save_released
+from refsav.schemas.errors import SchemaError
 
 # Fixtures shared with tests/test_model.py: one torch thread, the tiny InternVL Sa2VA folder.
 one_thread = test_model.one_thread
@@ -111,8 +112,6 @@ def test_bad_index_contents_are_one_line_errors(tiny_dir, tmp_path, index, match
 
 
 def test_unparsable_index_is_a_one_line_error(tiny_dir, tmp_path):
-    from refsav.schemas.errors import SchemaError
-
     folder = _folder(tiny_dir, tmp_path / "ckpt", weights=False)
     (folder / INDEX).write_text('{"weight_map": ' + "[" * 100_000)
     with pytest.raises(SchemaError) as err:
@@ -316,3 +315,55 @@ def test_a_failure_after_the_first_part_keeps_run_json(tiny_dir, gt, tmp_path, m
     assert _predict(tiny_dir, gt, out) == 2
     assert "boom" in capsys.readouterr().err
     assert (out / "run.json").exists() and sorted((out / "parts").iterdir()) == parts
+
+
+# ----------------------------------------------------------------------------- hostile config.json
+
+
+def _with_config(tiny_dir, dst, change):
+    folder = _folder(tiny_dir, dst)
+    raw = json.loads((folder / "config.json").read_text())
+    change(raw)
+    (folder / "config.json").write_text(json.dumps(raw))
+    return folder
+
+
+def test_sam2_config_cannot_name_a_yaml_outside_the_package(tiny_dir, tmp_path):
+    """refsav.sam2.config goes to hydra's `instantiate`, which calls any `_target_`:
+    a config.json pointing it at its own YAML would run code."""
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.yaml"
+    # Nested, as a SAM-2 model config nests its parts: `instantiate(cfg.model, _recursive_=True)`
+    # builds image_encoder first, whatever the loader puts at model._target_.
+    evil.write_text(f"model:\n  _target_: builtins.dict\n  image_encoder:\n    _target_: builtins.open\n"
+                    f"    file: {marker}\n    mode: w\n")
+    escapes = [f"configs/sam2/{'../' * 12}{str(evil).lstrip('/')}", str(evil), "configs/sam2/../../evil.yaml",
+               "configs/sam2/evil.yml", "sam2_hiera_t.yaml"]
+    for name in escapes:
+        def change(raw):
+            raw["refsav"]["sam2"]["config"] = name
+        folder = _with_config(tiny_dir, tmp_path / f"ckpt{escapes.index(name)}", change)
+        with pytest.raises(SchemaError, match="not one of the sam2 package's configs") as err:
+            load_sa2va(folder)
+        assert "config.json" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+    # The YAML is live: instantiating it as the loader would have creates the marker.
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    instantiate(OmegaConf.load(str(evil)).model, _recursive_=True)["image_encoder"].close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda raw: raw["refsav"]["sam2"].__setitem__("image_size", 10**6), "multiple of 32 from 64 to 4096"),
+    (lambda raw: raw["refsav"]["sam2"].__setitem__("image_size", 100), "multiple of 32 from 64 to 4096"),
+    (lambda raw: raw["llm_config"].__setitem__("vocab_size", 10**13), "cannot build the model.*allocate"),
+    (lambda raw: raw["llm_config"].__setitem__("hidden_size", "wide"), "cannot build the model.*hidden_size"),
+    (lambda raw: raw["llm_config"].__setitem__("num_attention_heads", 0), "cannot build the model.*ZeroDivision"),
+])
+def test_hostile_sizes_in_config_are_one_line_errors(tiny_dir, tmp_path, change, match):
+    folder = _with_config(tiny_dir, tmp_path / "ckpt", change)
+    with pytest.raises(SchemaError, match=match) as err:
+        load_sa2va(folder)
+    assert "config.json" in str(err.value) and "\n" not in str(err.value)
