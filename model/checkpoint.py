@@ -542,6 +542,35 @@ def read_config(folder: Path) -> Sa2VAConfig:
     return Sa2VAConfig.from_released(read_json(path), file=str(path))
 
 
+# Released key patterns of the repeated blocks, with the config field that counts them.
+_LAYER_COUNTS = {
+    "internvl": (("LLM", r"language_model\.model\.layers\.(\d+)\.", "text", "num_hidden_layers"),
+                 ("vision", r"vision_model\.encoder\.layers\.(\d+)\.", "vision", "num_hidden_layers")),
+    "qwen": (("LLM", r"model\.(?:model\.)?(?:language_model\.)?layers\.(\d+)\.", "text", "num_hidden_layers"),
+             ("vision", r"model\.(?:model\.)?visual\.blocks\.(\d+)\.", "vision", "depth")),
+}
+
+
+def check_layer_counts(cfg: Sa2VAConfig, keys: Iterable[str], *, file: Path | None = None) -> None:
+    """Refuse a config.json that asks for more LLM or vision layers than the weights
+    hold, before anything is built: a hostile count (10^6 layers) would otherwise
+    spend minutes and gigabytes constructing modules that the load then refuses."""
+    keys = list(keys)
+    groups = _LAYER_COUNTS["internvl" if cfg.family == "internvl" else "qwen"]
+    for what, pattern, where, name in groups:
+        section = cfg.text_config_dict() if where == "text" else dict(cfg.raw.get("vision_config") or {})
+        if name not in section:
+            continue  # transformers' default applies; the load plan still checks every tensor
+        wanted = section[name]
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            raise CheckpointError(f"{what} layer count {name} = {wanted!r} is not a positive integer", file=file)
+        regex = re.compile(pattern)
+        held = {int(m.group(1)) for k in keys if (m := regex.match(k))}
+        if wanted > len(held):
+            raise CheckpointError(f"config.json asks for {wanted} {what} layers ({name}), the weights hold "
+                                  f"{len(held)}", file=file)
+
+
 def _lm_head_key(layout: Layout) -> str:
     if layout.family != "internvl":
         return "model.lm_head.weight"
@@ -640,6 +669,7 @@ def load_sa2va(
     source = WeightSource(folder, allow_pickle=allow_pickle, device="cpu")
     tokenizer, processor = load_tokenizer(folder, cfg)
     tied = _lm_head_key(layout) not in source.index and _ties_embeddings(cfg)
+    check_layer_counts(cfg, source.index, file=folder / "config.json")
     try:
         model = build_model(cfg, tokenizer, dtype=dtype, device=device, tied=tied)
     except SchemaError:

@@ -361,6 +361,10 @@ def test_sam2_config_cannot_name_a_yaml_outside_the_package(tiny_dir, tmp_path):
     (lambda raw: raw["llm_config"].__setitem__("vocab_size", 10**13), "cannot build the model.*allocate"),
     (lambda raw: raw["llm_config"].__setitem__("hidden_size", "wide"), "cannot build the model.*hidden_size"),
     (lambda raw: raw["llm_config"].__setitem__("num_attention_heads", 0), "cannot build the model.*ZeroDivision"),
+    # Refused before anything is built: a million layers would take many minutes to construct.
+    (lambda raw: raw["llm_config"].__setitem__("num_hidden_layers", 10**6), "asks for 1000000 LLM layers.*hold 2"),
+    (lambda raw: raw["vision_config"].__setitem__("num_hidden_layers", 10**6), "asks for 1000000 vision layers"),
+    (lambda raw: raw["llm_config"].__setitem__("num_hidden_layers", "2"), "'2' is not a positive integer"),
 ])
 def test_hostile_sizes_in_config_are_one_line_errors(tiny_dir, tmp_path, change, match):
     folder = _with_config(tiny_dir, tmp_path / "ckpt", change)
