@@ -318,7 +318,7 @@ def _listed_path(folder: Path, name: object, index: Path) -> Path:
     return folder.joinpath(*path.parts)
 
 
-def _count_nonfinite(t: torch.Tensor, chunk: int = 1 << 24) -> tuple[int, int]:
+def count_nonfinite(t: torch.Tensor, chunk: int = 1 << 24) -> tuple[int, int]:
     """(NaN count, ±inf count) of a floating tensor, in chunks so that the boolean
     masks never cost more than `chunk` bytes (an embedding table can be 10^9 values)."""
     flat = t.reshape(-1)
@@ -696,7 +696,7 @@ def load_sa2va(
         for key, tensor in source.iter_file_order(plan.targets):
             if key in wrong_dtype:
                 continue
-            nan, inf = _count_nonfinite(tensor)
+            nan, inf = count_nonfinite(tensor)
             if nan or inf:
                 nonfinite.append((key, nan, inf))
             kind, names = plan.targets[key]
@@ -806,6 +806,6 @@ def save_released(sa2va, path: str | Path, *, dtype: torch.dtype | None = None,
 __all__ = [
     "CheckpointError", "LoadPlan", "LoadReport", "Layout", "WeightSource", "build_model", "fuse", "load_sa2va",
     "load_tokenizer", "map_released_key", "plan_load", "read_config", "released_names", "save_released",
-    "save_safetensors",
+    "count_nonfinite", "save_safetensors",
     "save_tokenizer", "split_fused", "to_released", "write_safetensors",
 ]

@@ -385,21 +385,41 @@ def load_heads(path: str | Path, hidden_size: int | None = None) -> DecoupleHead
         raise SchemaError(f"not a readable safetensors file ({str(err).splitlines()[0]})", file=path) from None
     if meta.get("refsav") != HEADS_FORMAT:
         raise SchemaError(f"not a DeSa2VA heads file (format {meta.get('refsav')!r})", file=path, field="metadata")
+    from refsav.schemas.io import parse_json
+
+    from .checkpoint import count_nonfinite
+
     try:
-        heads = DecoupleHeads(DeSa2VAConfig(**json.loads(meta["config"])))
-    except (KeyError, TypeError, ValueError) as err:
-        raise SchemaError(f"bad config ({err})", file=path, field="metadata.config") from None
+        config = DeSa2VAConfig(**parse_json(meta["config"], file=path))
+        config.validate()
+        if hidden_size is not None:
+            check_fits(config, hidden_size)
+        # Shapes first, on a storage-free copy: a hostile hidden_size must not allocate.
+        with torch.device("meta"):
+            skeleton = DecoupleHeads(config)
     except SchemaError as err:
         raise err.at(file=path) from None
-    if hidden_size is not None:
-        try:
-            check_fits(heads.config, hidden_size)
-        except SchemaError as err:
-            raise err.at(file=path) from None
-    try:
-        heads.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise SchemaError(f"weights do not fit the config ({str(err).splitlines()[-1].strip()})", file=path) from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise SchemaError(f"bad config ({err})", file=path, field="metadata.config") from None
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    wrong = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if wrong:
+        def shape(s):
+            return "absent" if s is None else str(list(s))
+
+        k = wrong[0]
+        raise SchemaError(f"weights do not fit the config: {len(wrong)} tensor(s) differ, e.g. {k} is "
+                          f"{shape(have.get(k))} in the file, {shape(want.get(k))} by the config", file=path)
+    for key, value in sorted(tensors.items()):
+        if not value.is_floating_point():
+            raise SchemaError(f"tensor {key} is {str(value.dtype).removeprefix('torch.')}, not floating point",
+                              file=path)
+        nan, inf = count_nonfinite(value)
+        if nan or inf:
+            raise SchemaError(f"tensor {key} holds {nan} NaN and {inf} inf values", file=path)
+    heads = DecoupleHeads(config)
+    heads.load_state_dict(tensors, strict=True)
     return heads
 
 

@@ -371,3 +371,49 @@ def test_hostile_sizes_in_config_are_one_line_errors(tiny_dir, tmp_path, change,
     with pytest.raises(SchemaError, match=match) as err:
         load_sa2va(folder)
     assert "config.json" in str(err.value) and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- DeSa2VA heads files
+
+
+@pytest.fixture(scope="module")
+def heads_file(tiny_dir, tmp_path_factory):
+    from refsav.model.desa2va import DeSa2VA, save_heads
+
+    path = tmp_path_factory.mktemp("heads") / "heads.safetensors"
+    return save_heads(path, DeSa2VA.from_sa2va(load_sa2va(tiny_dir), seed=0).heads)
+
+
+def _rewrite_heads(src, dst, *, tensors=None, config=None):
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta = fh.metadata()
+    original = load_file(str(src))
+    if config is not None:
+        meta = {**meta, "config": config(json.loads(meta["config"]))}
+    save_file(tensors(original) if tensors else original, str(dst), metadata=meta)
+    return dst
+
+
+def _set(d, **kw):
+    return {**d, **kw}
+
+
+@pytest.mark.parametrize("tensors, config, match", [
+    (None, lambda c: json.dumps(_set(c, hidden_size=10**7)), r"weights do not fit the config.*\[10000000"),
+    (None, lambda c: json.dumps(_set(c, num_points=10**6)), r"points\.bias is \[8\] in the file, \[2000000\]"),
+    (None, lambda c: "[" * 100_000, "metadata|nesting|deep"),
+    (None, lambda c: json.dumps(_set(c, hidden_size=0)), "must be positive"),
+    (lambda t: _set(t, **{"gate.weight": t["gate.weight"].to(torch.int8)}), None, "gate.weight is int8"),
+    (lambda t: _set(t, **{"text.0.bias": torch.full_like(t["text.0.bias"], float("nan"))}), None,
+     r"text\.0\.bias holds 64 NaN"),
+])
+def test_bad_heads_files_are_one_line_errors(heads_file, tmp_path, tensors, config, match):
+    from refsav.model.desa2va import load_heads
+
+    bad = _rewrite_heads(heads_file, tmp_path / "bad.safetensors", tensors=tensors, config=config)
+    with pytest.raises(SchemaError, match=match) as err:
+        load_heads(bad)
+    assert "bad.safetensors" in str(err.value) and "\n" not in str(err.value)
+    assert load_heads(heads_file).config.hidden_size == 64  # the untouched file still loads
