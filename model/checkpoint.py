@@ -18,14 +18,20 @@ Loading is all-or-nothing: every module tensor must come from the checkpoint
 and every checkpoint tensor must land somewhere, with the right shape, or
 `CheckpointError` lists what is wrong (`strict=False` loads anyway and returns
 the report). Weights are read from safetensors only; pickle files (`.bin`,
-`.pt`, `.pth`) can run code when loaded and are refused unless `allow_pickle=True`.
+`.pt`, `.pth`) can run code when loaded and are refused unless `allow_pickle=True`,
+whether found in the folder or listed in `model.safetensors.index.json`; even then
+they go through `torch.load(weights_only=True)`, which refuses any object that is not
+plain tensor data. Index entries must name files inside the checkpoint folder.
+Every tensor that feeds a floating-point parameter must itself be floating point,
+and tensors with NaN or infinite values are refused (both named in the error).
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -290,6 +296,40 @@ class CheckpointError(SchemaError):
 class TensorInfo:
     file: Path
     shape: tuple[int, ...]
+    dtype: str  # as stored: a safetensors code ("F32", "BF16", "I8") or a torch dtype name
+    floating: bool
+
+
+def _safetensors_floating(code: str) -> bool:
+    # Float codes are F16/F32/F64, BF16 and the F8_* / F6_* / F4 families.
+    return code == "BF16" or code.startswith("F")
+
+
+def _listed_path(folder: Path, name: object, index: Path) -> Path:
+    """The file an index entry names, refused unless it is a relative path that
+    stays inside the checkpoint folder (no `..`, no absolute path)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise CheckpointError(f"weight_map lists {name!r}, not a file name", file=index, field="weight_map")
+    text = name.replace("\\", "/")  # a Windows separator must not smuggle in a `..` or a root
+    path = PurePosixPath(text)
+    if path.is_absolute() or ".." in path.parts or re.match(r"[A-Za-z]:", text):
+        raise CheckpointError(f"weight_map lists {name!r}, which is outside the checkpoint folder",
+                              file=index, field="weight_map")
+    return folder.joinpath(*path.parts)
+
+
+def count_nonfinite(t: torch.Tensor, chunk: int = 1 << 24) -> tuple[int, int]:
+    """(NaN count, ±inf count) of a floating tensor, in chunks so that the boolean
+    masks never cost more than `chunk` bytes (an embedding table can be 10^9 values)."""
+    flat = t.reshape(-1)
+    nan = inf = 0
+    for start in range(0, flat.numel(), chunk):
+        part = flat[start:start + chunk]
+        if bool(torch.isfinite(part).all()):
+            continue
+        nan += int(torch.isnan(part).sum())
+        inf += int(torch.isinf(part).sum())
+    return nan, inf
 
 
 class WeightSource:
@@ -311,24 +351,34 @@ class WeightSource:
     def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = read_json(index).get("weight_map")
+            raw = read_json(index)
+            weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError("missing or empty", file=index, field="weight_map")
-            return sorted({folder / str(v) for v in weight_map.values()})
-        safes = sorted(folder.glob("*.safetensors"))
-        if safes:
-            return safes
-        pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+            files = sorted({_listed_path(folder, v, index) for v in weight_map.values()})
+            others = [f for f in files if f.suffix != ".safetensors" and f.suffix not in PICKLE_SUFFIXES]
+            if others:
+                raise CheckpointError(f"weight_map lists {others[0].name!r}, which is not a weight file "
+                                      "(*.safetensors)", file=index, field="weight_map")
+            pickles = [f for f in files if f.suffix in PICKLE_SUFFIXES]
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+            if files:
+                return files
+            files = pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+            if not files:
+                raise CheckpointError("no weight files (*.safetensors)", file=folder)
         if pickles and not allow_pickle:
+            where = "the index lists" if index.is_file() else "only"
             raise CheckpointError(
-                f"only pickle weight files ({', '.join(p.name for p in pickles)}); pickle can run code when "
-                "loaded, so refsav reads safetensors only (pass allow_pickle=True to load them anyway)",
-                file=folder,
+                f"{where} pickle weight files ({', '.join(p.name for p in pickles)}); pickle can run code when "
+                "loaded, so refsav reads safetensors only (pass allow_pickle=True / --allow-pickle to load them "
+                "anyway)",
+                file=index if index.is_file() else folder,
             )
-        if not pickles:
-            raise CheckpointError("no weight files (*.safetensors)", file=folder)
-        warnings.warn(f"loading pickle weights from {folder} (allow_pickle=True)", stacklevel=3)
-        return pickles
+        if pickles:
+            warnings.warn(f"loading pickle weights from {folder} (allow_pickle=True)", stacklevel=3)
+        return files
 
     def _index_safetensors(self, path: Path) -> None:
         from safetensors import safe_open
@@ -338,21 +388,34 @@ class WeightSource:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 for key in fh.keys():
-                    self._add(key, TensorInfo(path, tuple(fh.get_slice(key).get_shape())))
+                    view = fh.get_slice(key)
+                    code = str(view.get_dtype())
+                    self._add(key, TensorInfo(path, tuple(view.get_shape()), code, _safetensors_floating(code)))
         except (OSError, RuntimeError, ValueError) as exc:  # safetensors raises SafetensorError(Exception)
             raise CheckpointError(f"unreadable safetensors file ({exc})", file=path) from None
         except Exception as exc:  # noqa: BLE001 - SafetensorError has no public import path
             raise CheckpointError(f"unreadable safetensors file ({exc})", file=path) from None
 
     def _index_pickle(self, path: Path) -> None:
-        # weights_only=True still refuses arbitrary objects; the opt-in is about trusting the file at all.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not path.is_file():
+            raise CheckpointError("listed in the index but missing", file=path)
+        # weights_only=True refuses every object that is not plain tensor data, so even
+        # an opted-in pickle never runs code; the opt-in is about reading the format at all.
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise CheckpointError(f"pickle file refused or unreadable ({type(exc).__name__}: {first})",
+                                  file=path) from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"holds a {type(state).__name__}, not a state dict", file=path)
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
                 self._pickled[key] = value
-                self._add(key, TensorInfo(path, tuple(value.shape)))
+                self._add(str(key), TensorInfo(path, tuple(value.shape), str(value.dtype).removeprefix("torch."),
+                                               value.is_floating_point()))
 
     def _add(self, key: str, info: TensorInfo) -> None:
         if key in self.index:
@@ -395,10 +458,12 @@ class LoadReport:
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()  # key, checkpoint, module shape
     ignored: tuple[str, ...] = ()  # known-harmless extras (old RoPE tables)
     tied: tuple[str, ...] = ()  # module tensors shared with another (lm_head ↔ embeddings)
+    wrong_dtype: tuple[tuple[str, str], ...] = ()  # checkpoint key, its dtype: not floating point
+    nonfinite: tuple[tuple[str, int, int], ...] = ()  # checkpoint key, NaN count, inf count (filled while loading)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.wrong_dtype or self.nonfinite)
 
     def summary(self) -> str:
         def few(items) -> str:
@@ -414,6 +479,12 @@ class LoadReport:
         if self.mismatched:
             parts.append(f"{len(self.mismatched)} with the wrong shape ("
                          + few(f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched) + ")")
+        if self.wrong_dtype:
+            parts.append(f"{len(self.wrong_dtype)} not floating point (" + few(f"{k}: {d}" for k, d in self.wrong_dtype)
+                         + ")")
+        if self.nonfinite:
+            parts.append(f"{len(self.nonfinite)} with non-finite values ("
+                         + few(f"{k}: {n} NaN, {i} inf" for k, n, i in self.nonfinite) + ")")
         return "; ".join(parts) if parts else f"all {self.loaded} tensors matched"
 
 
@@ -429,10 +500,15 @@ def plan_load(
     layout: Layout,
     *,
     tied: Sequence[str] = (),
+    dtypes: Mapping[str, tuple[str, bool]] | None = None,
 ) -> LoadPlan:
-    """Match checkpoint tensors to module tensors by name and shape, loading nothing."""
+    """Match checkpoint tensors to module tensors by name and shape, loading nothing.
+
+    `dtypes` (checkpoint key → (dtype name, is floating point)): a tensor that is not
+    floating point is refused, since every module tensor is (copying int8 codes into
+    a float parameter would load quietly and give garbage)."""
     targets: dict[str, Target] = {}
-    unexpected, ignored, mismatched = [], [], []
+    unexpected, ignored, mismatched, wrong_dtype = [], [], [], []
     covered: set[str] = set()
     for key, shape in released.items():
         target = map_released_key(key, layout)
@@ -440,6 +516,8 @@ def plan_load(
             (ignored if any(p.search(key) for p in IGNORABLE) else unexpected).append(key)
             continue
         kind, names = target
+        if dtypes is not None and key in dtypes and not dtypes[key][1]:
+            wrong_dtype.append((key, dtypes[key][0]))
         # Shapes after splitting, computed on a storage-free tensor.
         parts = split_fused(kind, torch.empty(shape, device="meta"), layout)
         for name, part in zip(names, parts):
@@ -451,6 +529,7 @@ def plan_load(
     report = LoadReport(
         loaded=len(targets), missing=tuple(missing), unexpected=tuple(sorted(unexpected)),
         mismatched=tuple(mismatched), ignored=tuple(sorted(ignored)), tied=tuple(tied),
+        wrong_dtype=tuple(sorted(wrong_dtype)),
     )
     return LoadPlan(report, targets)
 
@@ -461,6 +540,35 @@ def plan_load(
 def read_config(folder: Path) -> Sa2VAConfig:
     path = folder / "config.json"
     return Sa2VAConfig.from_released(read_json(path), file=str(path))
+
+
+# Released key patterns of the repeated blocks, with the config field that counts them.
+_LAYER_COUNTS = {
+    "internvl": (("LLM", r"language_model\.model\.layers\.(\d+)\.", "text", "num_hidden_layers"),
+                 ("vision", r"vision_model\.encoder\.layers\.(\d+)\.", "vision", "num_hidden_layers")),
+    "qwen": (("LLM", r"model\.(?:model\.)?(?:language_model\.)?layers\.(\d+)\.", "text", "num_hidden_layers"),
+             ("vision", r"model\.(?:model\.)?visual\.blocks\.(\d+)\.", "vision", "depth")),
+}
+
+
+def check_layer_counts(cfg: Sa2VAConfig, keys: Iterable[str], *, file: Path | None = None) -> None:
+    """Refuse a config.json that asks for more LLM or vision layers than the weights
+    hold, before anything is built: a hostile count (10^6 layers) would otherwise
+    spend minutes and gigabytes constructing modules that the load then refuses."""
+    keys = list(keys)
+    groups = _LAYER_COUNTS["internvl" if cfg.family == "internvl" else "qwen"]
+    for what, pattern, where, name in groups:
+        section = cfg.text_config_dict() if where == "text" else dict(cfg.raw.get("vision_config") or {})
+        if name not in section:
+            continue  # transformers' default applies; the load plan still checks every tensor
+        wanted = section[name]
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            raise CheckpointError(f"{what} layer count {name} = {wanted!r} is not a positive integer", file=file)
+        regex = re.compile(pattern)
+        held = {int(m.group(1)) for k in keys if (m := regex.match(k))}
+        if wanted > len(held):
+            raise CheckpointError(f"config.json asks for {wanted} {what} layers ({name}), the weights hold "
+                                  f"{len(held)}", file=file)
 
 
 def _lm_head_key(layout: Layout) -> str:
@@ -561,25 +669,61 @@ def load_sa2va(
     source = WeightSource(folder, allow_pickle=allow_pickle, device="cpu")
     tokenizer, processor = load_tokenizer(folder, cfg)
     tied = _lm_head_key(layout) not in source.index and _ties_embeddings(cfg)
-    model = build_model(cfg, tokenizer, dtype=dtype, device=device, tied=tied)
+    check_layer_counts(cfg, source.index, file=folder / "config.json")
+    try:
+        model = build_model(cfg, tokenizer, dtype=dtype, device=device, tied=tied)
+    except SchemaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers' config validation, allocation, arithmetic
+        # A config.json that transformers rejects (wrong types, zero heads) or whose sizes
+        # cannot be allocated: one line, not a traceback from deep inside the library.
+        text = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"cannot build the model this config describes ({type(exc).__name__}: {text})",
+                              file=folder / "config.json") from None
     state = model.state_dict(keep_vars=True)
     module_shapes = {k: tuple(v.shape) for k, v in state.items()}
     plan = plan_load({k: v.shape for k, v in source.index.items()}, module_shapes, layout,
-                     tied=("vlm.lm_head.weight",) if tied else ())
+                     tied=("vlm.lm_head.weight",) if tied else (),
+                     dtypes={k: (v.dtype, v.floating) for k, v in source.index.items()})
     if not plan.report.ok:
         if strict:
             raise CheckpointError(f"checkpoint does not match the model: {plan.report.summary()}", file=folder)
         warnings.warn(f"{folder}: partial load: {plan.report.summary()}", stacklevel=2)
-    mismatched = {m[0] for m in plan.report.mismatched}
+    skip = {m[0] for m in plan.report.mismatched}
+    wrong_dtype = {k for k, _ in plan.report.wrong_dtype}
+    nonfinite = []
     with torch.no_grad():
         for key, tensor in source.iter_file_order(plan.targets):
+            if key in wrong_dtype:
+                continue
+            nan, inf = count_nonfinite(tensor)
+            if nan or inf:
+                nonfinite.append((key, nan, inf))
             kind, names = plan.targets[key]
             for name, part in zip(names, split_fused(kind, tensor, layout)):
-                if name not in mismatched:
+                if name not in skip:
                     state[name].copy_(part)
+    report = replace(plan.report, nonfinite=tuple(sorted(nonfinite)))
+    if nonfinite:
+        # Found only while copying: the shape/dtype report above has already passed.
+        if strict:
+            raise CheckpointError(f"checkpoint holds non-finite weights: {report.summary()}", file=folder)
+        warnings.warn(f"{folder}: non-finite weights loaded: {report.summary()}", stacklevel=2)
     sa2va = Sa2VA(model, tokenizer, processor)
-    sa2va.load_report = plan.report
+    sa2va.load_report = report
     return sa2va
+
+
+def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    """One safetensors file, landed atomically with the mode any new file gets under
+    the umask (safetensors itself creates a private 0600 file)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode & 0o777  # atomic_path's umask-based mode
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        os.chmod(tmp, mode)
+    return Path(path)
 
 
 def write_safetensors(
@@ -591,8 +735,6 @@ def write_safetensors(
 ) -> list[Path]:
     """Write tensors `make(name)` as HF-style (sharded) safetensors, one shard in
     memory at a time; each file lands atomically."""
-    from safetensors.torch import save_file
-
     shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
     size = 0
     for spec in specs:
@@ -614,8 +756,7 @@ def write_safetensors(
             tensors[name] = t
             weight_map[name] = fname
             total += t.numel() * t.element_size()
-        with atomic_path(folder / fname) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_safetensors(folder / fname, tensors, {"format": "pt"})
         del tensors
     if n > 1:
         atomic_write_json(folder / "model.safetensors.index.json",
@@ -665,5 +806,6 @@ def save_released(sa2va, path: str | Path, *, dtype: torch.dtype | None = None,
 __all__ = [
     "CheckpointError", "LoadPlan", "LoadReport", "Layout", "WeightSource", "build_model", "fuse", "load_sa2va",
     "load_tokenizer", "map_released_key", "plan_load", "read_config", "released_names", "save_released",
+    "count_nonfinite", "save_safetensors",
     "save_tokenizer", "split_fused", "to_released", "write_safetensors",
 ]

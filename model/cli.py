@@ -74,9 +74,12 @@ def heads_log_path(heads: Path) -> Path:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N expressions.")
 @click.option("--init-heads", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Start from these heads (e.g. a previous run) instead of copies of text_hidden_fcs.")
+@click.option("--allow-pickle", is_flag=True, default=False,
+              help="Also read pickle weight files (.bin/.pt/.pth) of --model, through torch.load(weights_only=True). "
+                   "Default: safetensors only.")
 def train_heads_command(model_path: Path, data: Path, out: Path, steps: int, lr: float, batch_size: int, seed: int,
                         device: str, text: str, frames_per_expression: int, limit: int | None,
-                        init_heads: Path | None) -> None:
+                        init_heads: Path | None, allow_pickle: bool) -> None:
     """Train DeSa2VA's decoupling heads on annotate output; the LLM and SAM-2 stay frozen."""
     import math
     import time
@@ -103,7 +106,7 @@ def train_heads_command(model_path: Path, data: Path, out: Path, steps: int, lr:
     # config.json only: misfitting heads fail before the model loads.
     start = load_heads(init_heads, read_config(model_path).llm_hidden_size) if init_heads is not None else None
 
-    sa2va = _load_model(str(model_path), "float32", device)
+    sa2va = _load_model(str(model_path), "float32", device, allow_pickle)
     if start is not None:
         model = DeSa2VA.with_heads(sa2va, start)
     else:

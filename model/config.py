@@ -16,6 +16,7 @@ files do not have; its absence means "Hiera-L, 1024".
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -24,6 +25,8 @@ from refsav.schemas.errors import RefsavError, SchemaError
 Family = Literal["internvl", "qwen2.5-vl", "qwen3-vl"]
 FAMILIES: tuple[str, ...] = ("internvl", "qwen2.5-vl", "qwen3-vl")
 KeyFrameMode = Literal["first", "uniform"]
+Sam2Norm = Literal["official", "exact"]
+SAM2_NORMS: tuple[str, ...] = ("official", "exact")
 
 # Sa2VA adds these after the base model's own special tokens (docs/sa2va-checkpoints.md §4).
 SA2VA_SPECIAL_TOKENS: tuple[str, ...] = ("[SEG]", "<p>", "</p>", "<vp>", "</vp>")
@@ -38,6 +41,12 @@ IMG_END_TOKEN = "</img>"
 # Both the InternVL tiles and SAM-2's input use ImageNet statistics.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# SAM-2's input statistics as the official `preprocess_image` really applies them: it
+# builds the tensors in bfloat16 whatever the model dtype, which rounds each value to
+# 8 significant bits (docs/sa2va-checkpoints.md §6). Exact values shift every
+# normalised pixel by up to 0.01 and change some mask pixels.
+SAM2_OFFICIAL_MEAN: tuple[float, float, float] = (0.484375, 0.455078125, 0.40625)
+SAM2_OFFICIAL_STD: tuple[float, float, float] = (0.228515625, 0.2236328125, 0.224609375)
 
 # Width of the SAM-2 prompt tokens; text_hidden_fcs ends here.
 SAM_PROMPT_DIM = 256
@@ -75,6 +84,19 @@ class Sam2Spec:
     config_name: str = "configs/sam2/sam2_hiera_l.yaml"
     image_size: int = 1024
 
+    def __post_init__(self) -> None:
+        # The YAML is handed to hydra's `instantiate`, which calls whatever `_target_` it
+        # names: only the sam2 package's own model configs may be used, never a path
+        # that config.json could point at a file of its choosing.
+        if not re.fullmatch(r"configs/sam2(\.1)?/[A-Za-z0-9_+\-]+(\.[A-Za-z0-9_+\-]+)*\.yaml", self.config_name) \
+                or ".." in self.config_name.split("/"):
+            raise SchemaError(f"{self.config_name!r} is not one of the sam2 package's configs "
+                              "(configs/sam2/<name>.yaml or configs/sam2.1/<name>.yaml)", field="refsav.sam2.config")
+        # A frame is resized to image_size² before SAM-2: an absurd size would exhaust memory.
+        if not (64 <= self.image_size <= 4096 and self.image_size % 32 == 0):
+            raise SchemaError(f"image_size must be a multiple of 32 from 64 to 4096, got {self.image_size}",
+                              field="refsav.sam2.image_size")
+
     def to_json(self) -> dict[str, Any]:
         return {"config": self.config_name, "image_size": self.image_size}
 
@@ -84,6 +106,8 @@ class Sam2Spec:
             return cls()
         try:
             return cls(config_name=str(raw["config"]), image_size=int(raw["image_size"]))
+        except SchemaError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"bad SAM-2 spec {dict(raw)!r}: {exc}", field="refsav.sam2") from None
 
@@ -274,6 +298,10 @@ class PredictOptions:
     # Frames per image-encoder batch; features are dropped after use, so at most
     # this many frames' features are alive at once.
     backbone_batch: int = 1
+    # SAM-2 input normalisation: "official" = the bf16-rounded ImageNet statistics (and,
+    # for a still image under bf16, bf16 arithmetic) of the released code; "exact" =
+    # float32 ImageNet statistics and arithmetic.
+    sam2_norm: Sam2Norm = "official"
 
     def __post_init__(self) -> None:
         if self.key_frames not in ("first", "uniform"):
@@ -284,11 +312,14 @@ class PredictOptions:
             raise RefsavError("must be >= 0", field="max_new_tokens")
         if self.backbone_batch < 1:
             raise RefsavError("must be >= 1", field="backbone_batch")
+        if self.sam2_norm not in SAM2_NORMS:
+            raise RefsavError(f"must be one of {SAM2_NORMS}, got {self.sam2_norm!r}", field="sam2_norm")
 
 
 __all__ = [
     "ChatTemplate", "FAMILIES", "Family", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_CONTEXT_TOKEN",
     "IMG_END_TOKEN", "IMG_START_TOKEN", "INTERNVL_SPECIAL_TOKENS", "InternVLImageSpec", "KeyFrameMode",
-    "PredictOptions", "QwenPixelSpec", "SA2VA_SPECIAL_TOKENS", "SAM_PROMPT_DIM", "SEG_TOKEN", "Sa2VAConfig", "Sam2Spec",
+    "PredictOptions", "QwenPixelSpec", "SA2VA_SPECIAL_TOKENS", "SAM2_NORMS", "SAM2_OFFICIAL_MEAN", "SAM2_OFFICIAL_STD",
+    "SAM_PROMPT_DIM", "SEG_TOKEN", "Sa2VAConfig", "Sam2Norm", "Sam2Spec",
     "TEMPLATES", "detect_family",
 ]

@@ -59,8 +59,8 @@ from torch import nn
 
 from refsav.schemas.errors import SchemaError
 
-from .config import SAM_PROMPT_DIM, PredictOptions
-from .preprocess import Frame, sam2_pixels, to_pil
+from .config import SAM_PROMPT_DIM, PredictOptions, Sam2Norm
+from .preprocess import Frame, to_pil
 from .sam2_wrapper import DecodedFrame, FrameFeatures, upsample_logits
 
 HEADS_FORMAT = "refsav-desa2va-heads/1"
@@ -279,13 +279,13 @@ class DeSa2VA(nn.Module):
         return self._image_prediction(g.text, g.seg_hidden, image, threshold)
 
     def _image_prediction(self, text: str, seg_hidden: torch.Tensor, image: Frame,
-                          threshold: float) -> "DeSa2VAPrediction":
+                          threshold: float, norm: Sam2Norm = "official") -> "DeSa2VAPrediction":
         img = to_pil(image, where="image")
         if seg_hidden.shape[0] == 0:
             empty = np.zeros((0, img.height, img.width), dtype=bool)
             return DeSa2VAPrediction(text, empty, empty, empty, np.zeros(0, dtype=np.float32))
         enc = self.sa2va.model.grounding_encoder
-        ff = enc.encode(sam2_pixels(img, enc.image_size)[None])
+        ff = enc.encode(self.sa2va.sam2_image_pixels(img, norm)[None])
         h = self.heads(seg_hidden)
         out = self.forward_features(seg_hidden, ff, heads_out=h)
         size = (img.height, img.width)
@@ -318,7 +318,7 @@ class DeSa2VA(nn.Module):
                               logits_processor=logits_processor)
         n = g.seg_hidden.shape[0]
         if image is not None:
-            p = self._image_prediction(g.text, g.seg_hidden, image, options.mask_threshold)
+            p = self._image_prediction(g.text, g.seg_hidden, image, options.mask_threshold, options.sam2_norm)
             return FusedPrediction(g.text, tuple(m[None] for m in p.masks), p.alpha, g.key_frames, g.answer_ids)
         if n == 0:
             return FusedPrediction(g.text, (), np.zeros(0, dtype=np.float32), g.key_frames, g.answer_ids)
@@ -361,16 +361,11 @@ class FusedPrediction:
 
 def save_heads(path: str | Path, heads: DecoupleHeads) -> Path:
     """Head weights as one safetensors file, config in its metadata; written atomically."""
-    from safetensors.torch import save_file
+    from .checkpoint import save_safetensors
 
-    from refsav.schemas.io import atomic_path
-
-    path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
     meta = {"format": "pt", "refsav": HEADS_FORMAT, "config": json.dumps(asdict(heads.config), sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
+    return save_safetensors(Path(path), tensors, meta)
 
 
 def load_heads(path: str | Path, hidden_size: int | None = None) -> DecoupleHeads:
@@ -390,21 +385,41 @@ def load_heads(path: str | Path, hidden_size: int | None = None) -> DecoupleHead
         raise SchemaError(f"not a readable safetensors file ({str(err).splitlines()[0]})", file=path) from None
     if meta.get("refsav") != HEADS_FORMAT:
         raise SchemaError(f"not a DeSa2VA heads file (format {meta.get('refsav')!r})", file=path, field="metadata")
+    from refsav.schemas.io import parse_json
+
+    from .checkpoint import count_nonfinite
+
     try:
-        heads = DecoupleHeads(DeSa2VAConfig(**json.loads(meta["config"])))
-    except (KeyError, TypeError, ValueError) as err:
-        raise SchemaError(f"bad config ({err})", file=path, field="metadata.config") from None
+        config = DeSa2VAConfig(**parse_json(meta["config"], file=path))
+        config.validate()
+        if hidden_size is not None:
+            check_fits(config, hidden_size)
+        # Shapes first, on a storage-free copy: a hostile hidden_size must not allocate.
+        with torch.device("meta"):
+            skeleton = DecoupleHeads(config)
     except SchemaError as err:
         raise err.at(file=path) from None
-    if hidden_size is not None:
-        try:
-            check_fits(heads.config, hidden_size)
-        except SchemaError as err:
-            raise err.at(file=path) from None
-    try:
-        heads.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise SchemaError(f"weights do not fit the config ({str(err).splitlines()[-1].strip()})", file=path) from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise SchemaError(f"bad config ({err})", file=path, field="metadata.config") from None
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    wrong = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if wrong:
+        def shape(s):
+            return "absent" if s is None else str(list(s))
+
+        k = wrong[0]
+        raise SchemaError(f"weights do not fit the config: {len(wrong)} tensor(s) differ, e.g. {k} is "
+                          f"{shape(have.get(k))} in the file, {shape(want.get(k))} by the config", file=path)
+    for key, value in sorted(tensors.items()):
+        if not value.is_floating_point():
+            raise SchemaError(f"tensor {key} is {str(value.dtype).removeprefix('torch.')}, not floating point",
+                              file=path)
+        nan, inf = count_nonfinite(value)
+        if nan or inf:
+            raise SchemaError(f"tensor {key} holds {nan} NaN and {inf} inf values", file=path)
+    heads = DecoupleHeads(config)
+    heads.load_state_dict(tensors, strict=True)
     return heads
 
 

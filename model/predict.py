@@ -5,7 +5,8 @@ frames beside it (`videos/<vid>/<frame>.jpg` for the Ref-SAV eval set,
 `JPEGImages/<vid>/<frame>.jpg` for MeViS / ReVOS), run `Sa2VA.predict` once per
 expression on the video's frames, and write:
 
-    OUT/run.json              the settings; a resumed run must use the same ones
+    OUT/run.json              the settings; a resumed run must use the same ones (a run
+                              that fails before its first part removes it again)
     OUT/parts/<video>.json    one video of Sa2VA's results.json, written atomically
     OUT/results.json          all parts, in ground-truth order (what `refsav score` reads)
 
@@ -26,10 +27,11 @@ predicting on cuda). Each worker process loads the model once.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -67,11 +69,18 @@ class RunSpec:
     answer: str | None = None  # forced answer (teacher forcing): times the mask path, not the LLM
     desa2va_heads: str | None = None  # DeSa2VA heads file (absolute); None = plain Sa2VA
     desa2va_heads_sha256: str | None = None  # its content, checked again when a worker loads it
+    # SAM-2 input normalisation (PredictOptions.sam2_norm). Always in run.json; one
+    # without it predates the option and was made with "exact".
+    sam2_norm: str = "official"
+    # Read pickle weight files (still through torch.load(weights_only=True)). How the
+    # weights are read, not what they are, so run.json does not record it.
+    allow_pickle: bool = False
 
     def settings(self) -> dict:
         """What run.json stores. The heads keys appear only when heads are used, so
         plain Sa2VA runs written before DeSa2VA existed still resume."""
         out = asdict(self)
+        out.pop("allow_pickle")
         if self.desa2va_heads is None:
             out.pop("desa2va_heads")
             out.pop("desa2va_heads_sha256")
@@ -81,7 +90,7 @@ class RunSpec:
         from .config import PredictOptions
 
         return PredictOptions(max_new_tokens=self.max_new_tokens, key_frames=self.key_frames,
-                              num_key_frames=self.num_key_frames)
+                              num_key_frames=self.num_key_frames, sam2_norm=self.sam2_norm)
 
 
 def prompt_for(expression: str, *, image: bool = False) -> str:
@@ -99,12 +108,12 @@ def prompt_for(expression: str, *, image: bool = False) -> str:
 _MODELS: dict[tuple, Any] = {}
 
 
-def _load_model(path: str, dtype: str, device: str):
+def _load_model(path: str, dtype: str, device: str, allow_pickle: bool = False):
     import torch
 
     from .checkpoint import load_sa2va
 
-    return load_sa2va(path, dtype=getattr(torch, dtype), device=device)
+    return load_sa2va(path, dtype=getattr(torch, dtype), device=device, allow_pickle=allow_pickle)
 
 
 def _with_heads(sa2va, heads: str, sha256: str | None):
@@ -128,10 +137,10 @@ def _with_heads(sa2va, heads: str, sha256: str | None):
 def get_model(spec: RunSpec):
     """The loaded model of this process (a Dask worker loads it on its first task):
     a `Sa2VA`, or a `DeSa2VA` with `--desa2va-heads`; both have `predict`."""
-    key = (spec.model, spec.dtype, spec.device, spec.desa2va_heads, spec.desa2va_heads_sha256)
+    key = (spec.model, spec.dtype, spec.device, spec.desa2va_heads, spec.desa2va_heads_sha256, spec.allow_pickle)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: GPU memory holds one
-        model = _load_model(spec.model, spec.dtype, spec.device)
+        model = _load_model(spec.model, spec.dtype, spec.device, spec.allow_pickle)
         if spec.desa2va_heads is not None:
             model = _with_heads(model, spec.desa2va_heads, spec.desa2va_heads_sha256)
         _MODELS[key] = model
@@ -325,17 +334,42 @@ class PredictResult:
     items: int  # videos / sentences in the output
 
 
-def _check_run_file(out: Path, spec: RunSpec, extra: dict) -> None:
+@contextlib.contextmanager
+def _run_file(out: Path, spec: RunSpec, extra: dict) -> Iterator[None]:
+    """Check OUT/run.json against these settings, or write it; run the body.
+
+    A run that writes run.json and then fails before any part exists (a bad
+    --model, an unreadable first frame) takes run.json back out, with the parts/
+    and OUT folders if it created them and they are empty: otherwise the corrected
+    rerun would find settings that made nothing and refuse the folder.
+    """
     want = {**spec.settings(), **extra}
     path = out / "run.json"
     if path.exists():
         have = read_json(path)
+        if isinstance(have, dict):
+            # Written before --sam2-norm existed: those predictions used the exact statistics.
+            have = {"sam2_norm": "exact", **have}
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)) if isinstance(have, dict) else []
             raise RefsavError(f"OUT holds predictions made with other settings ({', '.join(diff) or 'unreadable'}); "
                               "use a new --out or delete it", file=path)
-    else:
-        atomic_write_json(path, want, indent=1)
+        yield
+        return
+    made_out = not out.exists()
+    parts = out / "parts"
+    made_parts = not parts.exists()
+    atomic_write_json(path, want, indent=1)
+    try:
+        yield
+    except BaseException:
+        if not (parts.is_dir() and any(parts.iterdir())):
+            path.unlink(missing_ok=True)
+            for folder, made in ((parts, made_parts), (out, made_out)):
+                if made:
+                    with contextlib.suppress(OSError):  # not empty, or gone: leave it
+                        folder.rmdir()
+        raise
 
 
 def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str | None = None,
@@ -351,7 +385,6 @@ def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str
     if limit is not None:
         videos = videos[:limit]
     frame_root = Path(frames) if frames else find_frame_root(gt)
-    _check_run_file(out, spec, {"gt": str(gt.resolve()), "meta": meta_name})
     parts = out / "parts"
     tasks, skipped, index = [], 0, 0
     for v in videos:
@@ -363,7 +396,8 @@ def predict_video_protocol(spec: RunSpec, gt: Path, out: Path, *, meta_name: str
                 raise SchemaError("no frame folder for this video", file=frame_root / v.video_id, record=v.video_id)
             tasks.append(VideoTask(v, str(frame_root), str(part), index, spec))
         index += len(v.expressions)
-    with progress_bar("predicting videos", total=len(videos), enabled=progress) as advance:
+    with _run_file(out, spec, {"gt": str(gt.resolve()), "meta": meta_name}), \
+            progress_bar("predicting videos", total=len(videos), enabled=progress) as advance:
         advance(skipped)
         if tasks:
             with _executor(workers, scheduler, spec.device) as ex:
@@ -385,14 +419,14 @@ def predict_image_protocol(spec: RunSpec, gt: Path, out: Path, *, images: Path |
         raise RefsavError("image protocols need --images (the COCO train2014 folder)", field="images")
     truth = load_ground_truth(gt, spec.protocol, split, split_by)
     samples = truth.samples[:limit] if limit is not None else truth.samples
-    _check_run_file(out, spec, {"gt": str(Path(gt).resolve()), "split": split, "split_by": split_by,
-                                "chunk_size": chunk_size})
     paths = {iid: str(find_image(Path(images), iid)) for iid in sorted({s.image_id for s in samples})}
     chunks = [tuple(samples[i:i + chunk_size]) for i in range(0, len(samples), chunk_size)]
     parts = [out / "parts" / f"chunk_{k:05d}.parquet" for k in range(len(chunks))]
     tasks = [ImageTask(c, {s.image_id: paths[s.image_id] for s in c}, str(p), spec)
              for c, p in zip(chunks, parts) if not p.exists()]
-    with progress_bar(f"predicting {split} sentences", total=len(samples), enabled=progress) as advance:
+    settings = {"gt": str(Path(gt).resolve()), "split": split, "split_by": split_by, "chunk_size": chunk_size}
+    with _run_file(out, spec, settings), \
+            progress_bar(f"predicting {split} sentences", total=len(samples), enabled=progress) as advance:
         advance(len(samples) - sum(len(t.samples) for t in tasks))
         if tasks:
             with _executor(workers, scheduler, spec.device) as ex:
@@ -451,6 +485,12 @@ def predict_options(fn):
         click.option("--scheduler", default=None, help="Run on an existing Dask cluster (tcp://host:8786)."),
         click.option("--desa2va-heads", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="DeSa2VA heads (refsav model train-heads): predict their fused masks instead of Sa2VA's."),
+        click.option("--sam2-norm", default="official", show_default=True, type=click.Choice(["official", "exact"]),
+                     help="SAM-2 input normalisation: official = the released code's bf16-rounded ImageNet mean/std "
+                          "(reproduces its masks); exact = float32 ImageNet mean/std."),
+        click.option("--allow-pickle", is_flag=True, default=False,
+                     help="Also read pickle weight files (.bin/.pt/.pth), listed in the shard index or alone; "
+                          "they are still loaded with torch.load(weights_only=True). Default: safetensors only."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -458,30 +498,34 @@ def predict_options(fn):
 
 
 def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str, num_key_frames: int,
-          max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None) -> RunSpec:
+          max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None,
+          allow_pickle: bool = False, sam2_norm: str = "official") -> RunSpec:
     if not model_path.is_dir():
         raise SchemaError("not a checkpoint folder", file=model_path)
+    from .checkpoint import read_config
+
+    # config.json only (no weights): a folder that is no Sa2VA checkpoint fails before OUT is touched.
+    config = read_config(model_path)
     heads = sha = None
     if desa2va_heads is not None:
         from refsav.schemas.io import sha256_file
 
-        from .checkpoint import read_config
         from .desa2va import load_heads
 
-        # A bad or misfitting file fails here, before run.json is written (config.json only, no weights).
-        load_heads(desa2va_heads, read_config(model_path).llm_hidden_size)
+        # A bad or misfitting file fails here, before run.json is written.
+        load_heads(desa2va_heads, config.llm_hidden_size)
         heads, sha = str(desa2va_heads.resolve()), sha256_file(desa2va_heads)
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
-                   max_new_tokens, force_answer, heads, sha)
+                   max_new_tokens, force_answer, heads, sha, sam2_norm, allow_pickle)
 
 
 def predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
                           force_answer, meta_name, frames, images, split, split_by, limit, workers,
-                          scheduler, desa2va_heads=None) -> PredictResult:
+                          scheduler, desa2va_heads=None, allow_pickle=False, sam2_norm="official") -> PredictResult:
     import time
 
     spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer,
-                 desa2va_heads)
+                 desa2va_heads, allow_pickle, sam2_norm)
     t0 = time.perf_counter()
     res = run_predict(spec, gt, out, meta_name=meta_name, frames=frames, images=images, split=split,
                       split_by=split_by, limit=limit, workers=workers, scheduler=scheduler)

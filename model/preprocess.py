@@ -19,7 +19,10 @@ from PIL import Image
 
 from refsav.schemas.errors import RefsavError, SchemaError
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, InternVLImageSpec, KeyFrameMode, QwenPixelSpec
+from .config import (
+    IMAGENET_MEAN, IMAGENET_STD, SAM2_NORMS, SAM2_OFFICIAL_MEAN, SAM2_OFFICIAL_STD, InternVLImageSpec, KeyFrameMode,
+    QwenPixelSpec, Sam2Norm,
+)
 
 Frame = Union[Image.Image, np.ndarray]
 
@@ -106,9 +109,31 @@ def image_token_string(tokens_per_frame: Sequence[int], *, start: str, context: 
     return "".join(f"{start}{context * n}{end}\n" for n in tokens_per_frame).strip()
 
 
-def sam2_pixels(img: Image.Image, image_size: int) -> torch.Tensor:
-    """A frame → (3, S, S) for SAM-2: squash-resize (bicubic), ImageNet-normalise."""
-    return normalize(img.resize((image_size, image_size), Image.BICUBIC))
+def sam2_statistics(norm: Sam2Norm) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of SAM-2's input normalisation: "official" = bf16-rounded, "exact" = ImageNet's."""
+    if norm == "official":
+        return SAM2_OFFICIAL_MEAN, SAM2_OFFICIAL_STD
+    if norm == "exact":
+        return IMAGENET_MEAN, IMAGENET_STD
+    raise RefsavError(f"must be one of {SAM2_NORMS}, got {norm!r}", field="sam2_norm")
+
+
+def sam2_pixels(img: Image.Image, image_size: int, norm: Sam2Norm = "official", *,
+                arithmetic: torch.dtype = torch.float32) -> torch.Tensor:
+    """A frame → (3, S, S) for SAM-2: squash-resize (bicubic), then (x / 255 - mean) / std.
+
+    `norm` picks the statistics (`sam2_statistics`). `arithmetic` is the dtype the
+    division and subtraction run in, and the dtype returned: the official code
+    uses float32 for video frames but, for a still image, first casts the pixels to
+    the model dtype (bf16) and normalises in it; "exact" always uses float32.
+    """
+    mean, std = sam2_statistics(norm)
+    if norm == "exact":
+        arithmetic = torch.float32
+    resized = img.resize((image_size, image_size), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).to(arithmetic) / 255.0
+    x = x - torch.tensor(mean, dtype=arithmetic).view(3, 1, 1)
+    return x / torch.tensor(std, dtype=arithmetic).view(3, 1, 1)
 
 
 # qwen_vl_utils' own image bounds (`fetch_image` with its default image_patch_size 14):
@@ -195,6 +220,7 @@ def select_key_frames(num_frames: int, mode: KeyFrameMode, k: int) -> tuple[int,
 __all__ = [
     "Frame", "candidate_grids", "closest_grid", "image_tiles", "image_token_string", "internvl_frame_pixels",
     "internvl_image_pixels", "normalize", "QWEN_VL_UTILS_FACTOR", "QWEN_VL_UTILS_MAX_PIXELS",
-    "QWEN_VL_UTILS_MIN_PIXELS", "qwen_token_grid", "qwen_vl_image", "sam2_pixels", "select_key_frames",
+    "QWEN_VL_UTILS_MIN_PIXELS", "qwen_token_grid", "qwen_vl_image", "sam2_pixels", "sam2_statistics",
+    "select_key_frames",
     "smart_resize", "to_pil",
 ]

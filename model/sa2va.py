@@ -38,6 +38,7 @@ from refsav.schemas.errors import RefsavError, SchemaError
 
 from .config import (
     IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, SAM_PROMPT_DIM, SEG_TOKEN, PredictOptions, Sa2VAConfig,
+    Sam2Norm,
 )
 from .preprocess import (
     Frame, image_token_string, internvl_frame_pixels, internvl_image_pixels, qwen_vl_image, sam2_pixels,
@@ -199,15 +200,31 @@ class Sa2VA:
         self.stop_ids = self._stop_ids(vocab)
 
     def _stop_ids(self, vocab: dict[str, int]) -> list[int]:
+        """Token ids that end generation, as the official `predict_forward` of each family.
+
+        InternVL family: the xtuner template's stop words plus the tokenizer's EOS (the
+        official code passes both). Qwen family: the official code calls `generate`
+        with neither, so the VL model's own generation config decides, which
+        transformers builds from config.json's `eos_token_id`: `<|im_end|>` in the
+        released checkpoints. `<|endoftext|>` is *not* a stop there, so an answer
+        `[SEG]<|endoftext|><|im_end|>` runs to the `<|im_end|>`.
+        """
         if self.config.family == "internvl":
             words = self.config.chat_template().stop_words
-        else:
-            words = ("<|im_end|>", "<|endoftext|>")
-        ids = [vocab[w] for w in words if w in vocab]
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(int(self.tokenizer.eos_token_id))
+            ids = [vocab[w] for w in words if w in vocab]
+            if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+                ids.append(int(self.tokenizer.eos_token_id))
+            if not ids:
+                raise RefsavError(f"tokenizer knows none of the stop words {words}", field="tokenizer")
+            return ids
+        eos = getattr(getattr(self.model.vlm, "generation_config", None), "eos_token_id", None)
+        ids = [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None]
         if not ids:
-            raise RefsavError(f"tokenizer knows none of the stop words {words}", field="tokenizer")
+            # The official code would generate to max_new_tokens; stop at the chat turn's end instead.
+            if "<|im_end|>" not in vocab:
+                raise RefsavError("config.json gives no eos_token_id and the tokenizer has no <|im_end|>",
+                                  field="eos_token_id")
+            ids = [int(vocab["<|im_end|>"])]
         return ids
 
     # ------------------------------------------------------------------ inputs
@@ -316,12 +333,23 @@ class Sa2VA:
         return [clip.pil(i) for i in keys], keys, True
 
     # ------------------------------------------------------------------ masks
+    def sam2_image_pixels(self, img: Image.Image, norm: Sam2Norm = "official", *,
+                          video_frame: bool = False) -> torch.Tensor:
+        """An image → SAM-2 input (3, S, S). With "official" normalisation under a bf16
+        model a still image is normalised in bf16, as the released image path does;
+        video frames (`video_frame`) are normalised in float32 there and here."""
+        enc = self.model.grounding_encoder
+        in_bf16 = enc.compute_dtype == torch.bfloat16 and not video_frame
+        return sam2_pixels(img, enc.image_size, norm, arithmetic=torch.bfloat16 if in_bf16 else torch.float32)
+
     @torch.no_grad()
-    def segment_image(self, image: Frame, prompts: torch.Tensor, *, threshold: float = 0.0) -> np.ndarray:
-        """(n, E, 256) prompts → (n, H, W) bool masks on one image."""
+    def segment_image(self, image: Frame, prompts: torch.Tensor, *, threshold: float = 0.0,
+                      norm: Sam2Norm = "official", video_frame: bool = False) -> np.ndarray:
+        """(n, E, 256) prompts → (n, H, W) bool masks on one image (normalised as a video
+        frame if `video_frame`: then equal to a video's key-frame masks)."""
         img = to_pil(image, where="image")
         enc = self.model.grounding_encoder
-        ff = enc.encode(sam2_pixels(img, enc.image_size)[None])
+        ff = enc.encode(self.sam2_image_pixels(img, norm, video_frame=video_frame)[None])
         feats, pos = ff.frame(0, prompts.shape[0])
         out = enc.prompt_frame(feats, pos, ff.feat_sizes, prompts, run_mem_encoder=False)
         logits = upsample_logits(out["pred_masks"], enc.image_size, (img.height, img.width))
@@ -343,7 +371,7 @@ class Sa2VA:
         enc = self.model.grounding_encoder
         keys = sorted(set(key_frames))
         order = keys + [i for i in range(len(clip)) if i not in set(keys)]  # the order `track` reads frames in
-        with _Prefetch(lambda i: sam2_pixels(clip.pil(i), enc.image_size), order) as load:
+        with _Prefetch(lambda i: sam2_pixels(clip.pil(i), enc.image_size, options.sam2_norm), order) as load:
             stream = enc.track(
                 len(clip), load, prompts, keys,
                 memory_in_bf16=options.memory_in_bf16, backbone_batch=options.backbone_batch,
@@ -376,7 +404,8 @@ class Sa2VA:
         if n == 0:
             return Sa2VAPrediction(g.text, (), embeddings, g.key_frames, g.answer_ids)
         if image is not None:
-            masks = self.segment_image(image, prompts, threshold=options.mask_threshold)[:, None]  # (n, 1, H, W)
+            masks = self.segment_image(image, prompts, threshold=options.mask_threshold,
+                                       norm=options.sam2_norm)[:, None]  # (n, 1, H, W)
         else:
             masks = np.zeros((n, len(clip), *clip.size), dtype=bool)
             for i, frame_masks in self.track_masks(clip, prompts, g.key_frames, options):

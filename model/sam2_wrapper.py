@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -134,9 +135,13 @@ def build_sam2(spec: Sam2Spec) -> Sa2VASam2:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    path = importlib.resources.files("sam2").joinpath(spec.config_name)
-    if not path.is_file():
-        raise FileNotFoundError(f"sam2 package has no config {spec.config_name!r}")
+    from refsav.schemas.errors import SchemaError
+
+    root = Path(str(importlib.resources.files("sam2"))).resolve()
+    path = (root / spec.config_name).resolve()
+    # Sam2Spec admits only package-relative names; this also refuses a link out of the package.
+    if not path.is_file() or not path.is_relative_to(root):
+        raise SchemaError(f"the sam2 package has no config {spec.config_name!r}", field="refsav.sam2.config")
     cfg = OmegaConf.load(str(path))
     m = cfg.model
     m._target_ = f"{__name__}.Sa2VASam2"

@@ -29,7 +29,7 @@ from refsav.schemas.rle import decode
 from refsav.schemas.sav import read_sav_json
 
 from .desa2va import DeSa2VA, DecoupleHeads, triple_loss
-from .preprocess import sam2_pixels, to_pil
+from .preprocess import to_pil
 from .sam2_wrapper import FrameFeatures
 
 QUESTION = "<image>\nPlease segment {expression}."
@@ -125,7 +125,7 @@ def prepare(model: DeSa2VA, samples: Sequence[HeadSample],
         g = sa2va.ground(QUESTION.format(expression=s.text), image=s.image, answer=ANSWER)
         if g.seg_hidden.shape[0] != 1:
             raise RefsavError(f"the answer gave {g.seg_hidden.shape[0]} [SEG] states, expected 1", field="answer")
-        ff = enc.encode(sam2_pixels(to_pil(s.image), S)[None])
+        ff = enc.encode(sa2va.sam2_image_pixels(to_pil(s.image))[None])  # as inference normalises images
         # SAM-2's position encodings depend only on the feature-map sizes, which every
         # sample shares (all are squashed to S x S); at S = 1024 they are ~88 MB a
         # sample, several times the features themselves, so one copy serves all.
