@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n=1)`; the bar is drawn on stderr and cleared of nothing on exit."""
+    """Yield `advance(n=1)`; the bar is drawn on stderr, kept on success and erased on failure."""
     if not enabled:
         yield lambda n=1: None
         return
@@ -24,4 +24,10 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
 
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+        try:
+            yield lambda n=1: progress.advance(task, n)
+        except BaseException:
+            # The failure is reported in one line of its own; a half-drawn bar above it
+            # only reads as part of the error, so it is erased.
+            progress.update(task, visible=False)
+            raise
