@@ -49,17 +49,7 @@ def family_model(request, tiny_dir, tmp_path_factory):
     return request.param, out, load_sa2va(out)
 
 
-class _Force:
-    """Greedy decoding emits `tokens` in order, then keeps repeating the last one."""
-
-    def __init__(self, prompt_len: int, tokens: list[int]):
-        self.prompt_len, self.tokens = prompt_len, tokens
-
-    def __call__(self, input_ids, scores):
-        step = input_ids.shape[1] - self.prompt_len
-        forced = torch.full_like(scores, -1e9)
-        forced[:, self.tokens[min(step, len(self.tokens) - 1)]] = 0.0
-        return forced
+_Force = test_model._Force  # greedy decoding forced to a fixed token sequence
 
 
 class _StopWord(StoppingCriteria):
