@@ -26,6 +26,7 @@ SECTIONS = {
     "Models": {
         "predict": ("refsav.model.predict", "predict_command", "Run a Sa2VA checkpoint over a benchmark; resumable, multi-GPU."),
         "evaluate": ("refsav.evaluate", "evaluate_command", "Predict, score, and add a leaderboard entry."),
+        "serve": ("refsav.model.serve", "serve_command", "Serve a Sa2VA checkpoint over an OpenAI-compatible HTTP API (extra: serve)."),
         "model": ("refsav.model.cli", "model_group", "Sa2VA reference models: random-weight checkpoints (init-random), DeSa2VA heads (train-heads)."),
     },
     "End to end": {
