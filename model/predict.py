@@ -75,12 +75,18 @@ class RunSpec:
     # Read pickle weight files (still through torch.load(weights_only=True)). How the
     # weights are read, not what they are, so run.json does not record it.
     allow_pickle: bool = False
+    # `--server URL`: predict through `refsav serve` (model = the served model's id).
+    server: str | None = None
+    api_key: str | None = None  # the server's key; never written to run.json
 
     def settings(self) -> dict:
         """What run.json stores. The heads keys appear only when heads are used, so
         plain Sa2VA runs written before DeSa2VA existed still resume."""
         out = asdict(self)
         out.pop("allow_pickle")
+        out.pop("api_key")
+        if self.server is None:
+            out.pop("server")
         if self.desa2va_heads is None:
             out.pop("desa2va_heads")
             out.pop("desa2va_heads_sha256")
@@ -137,10 +143,16 @@ def _with_heads(sa2va, heads: str, sha256: str | None):
 def get_model(spec: RunSpec):
     """The loaded model of this process (a Dask worker loads it on its first task):
     a `Sa2VA`, or a `DeSa2VA` with `--desa2va-heads`; both have `predict`."""
-    key = (spec.model, spec.dtype, spec.device, spec.desa2va_heads, spec.desa2va_heads_sha256, spec.allow_pickle)
+    key = (spec.model, spec.dtype, spec.device, spec.desa2va_heads, spec.desa2va_heads_sha256, spec.allow_pickle,
+           spec.server)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: GPU memory holds one
-        model = _load_model(spec.model, spec.dtype, spec.device, spec.allow_pickle)
+        if spec.server is not None:
+            from .serve_client import RemoteSa2VA
+
+            model = RemoteSa2VA(spec.server, spec.model, spec.api_key)
+        else:
+            model = _load_model(spec.model, spec.dtype, spec.device, spec.allow_pickle)
         if spec.desa2va_heads is not None:
             model = _with_heads(model, spec.desa2va_heads, spec.desa2va_heads_sha256)
         _MODELS[key] = model
@@ -455,8 +467,13 @@ def run_predict(spec: RunSpec, gt: Path, out: Path, **kw) -> PredictResult:
 
 def predict_options(fn):
     options = [
-        click.option("--model", "model_path", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Sa2VA checkpoint folder (released layout, safetensors)."),
+        click.option("--model", "model_path", default=None, type=click.Path(file_okay=False, path_type=Path),
+                     help="Sa2VA checkpoint folder (released layout, safetensors); with --server, the served "
+                          "model's id (default: the server's only model)."),
+        click.option("--server", default=None,
+                     help="Predict through a `refsav serve` server (http://host:port) instead of loading --model."),
+        click.option("--api-key", default=None, envvar="REFSAV_API_KEY",
+                     help="The server's API key (also from $REFSAV_API_KEY)."),
         click.option("--protocol", required=True, type=click.Choice([*VIDEO_PROTOCOLS, *IMAGE_PROTOCOLS]),
                      help="Benchmark protocol to predict for."),
         click.option("--gt", "gt", required=True, type=click.Path(path_type=Path),
@@ -499,7 +516,15 @@ def predict_options(fn):
 
 def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str, num_key_frames: int,
           max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None,
-          allow_pickle: bool = False, sam2_norm: str = "official") -> RunSpec:
+          allow_pickle: bool = False, sam2_norm: str = "official", server: str | None = None,
+          api_key: str | None = None) -> RunSpec:
+    if server is not None:
+        from .serve_client import remote_spec
+
+        return remote_spec(RunSpec, server, model_path, api_key, protocol, key_frames, num_key_frames,
+                           max_new_tokens, force_answer, desa2va_heads, sam2_norm)
+    if model_path is None:
+        raise RefsavError("give --model (a checkpoint folder) or --server", field="model")
     if not model_path.is_dir():
         raise SchemaError("not a checkpoint folder", file=model_path)
     from .checkpoint import read_config
@@ -521,11 +546,12 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
 
 def predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
                           force_answer, meta_name, frames, images, split, split_by, limit, workers,
-                          scheduler, desa2va_heads=None, allow_pickle=False, sam2_norm="official") -> PredictResult:
+                          scheduler, desa2va_heads=None, allow_pickle=False, sam2_norm="official", server=None,
+                          api_key=None) -> PredictResult:
     import time
 
     spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer,
-                 desa2va_heads, allow_pickle, sam2_norm)
+                 desa2va_heads, allow_pickle, sam2_norm, server, api_key)
     t0 = time.perf_counter()
     res = run_predict(spec, gt, out, meta_name=meta_name, frames=frames, images=images, split=split,
                       split_by=split_by, limit=limit, workers=workers, scheduler=scheduler)

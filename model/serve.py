@@ -76,6 +76,9 @@ class Limits:
 @dataclass(frozen=True)
 class ServeConfig:
     model_id: str  # the name clients put in "model"
+    dtype: str = "float32"  # reported in /v1/models, so that clients can record it
+    device: str = "cpu"
+    desa2va: bool = False
     api_key: str | None = None
     media_root: Path | None = None  # resolved; None: video_url is refused
     limits: Limits = Limits()
@@ -174,6 +177,10 @@ def resolve_media(url: Any, root: Path | None, where: str) -> Path:
     rel = url[len("file://"):] if url.startswith("file://") else url
     if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", rel):
         raise RequestError(400, "video_url must be a path under the media root (no remote URLs)", param=where)
+    # Outside the root by its very spelling: refused before the file system is asked, so the
+    # answer says nothing about what exists out there.
+    if not Path(os.path.normpath(root / rel)).is_relative_to(root):
+        raise RequestError(403, "the path leads outside the media root", param=where)
     try:
         path = (root / rel).resolve(strict=True)
     except (OSError, RuntimeError):
@@ -545,7 +552,8 @@ def create_app(model, cfg: ServeConfig, batcher: Batcher):
             raise RequestError(401, "missing or wrong API key (Authorization: Bearer KEY)")
 
     def model_card() -> dict:
-        return {"id": cfg.model_id, "object": "model", "created": created, "owned_by": "refsav"}
+        return {"id": cfg.model_id, "object": "model", "created": created, "owned_by": "refsav",
+                EXTENSION: {"dtype": cfg.dtype, "device": cfg.device, "desa2va": cfg.desa2va}}
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -699,7 +707,8 @@ def serve_command(model_path: Path, host: str, port: int, device: str | None, dt
         model = _with_heads(model, str(desa2va_heads), None)
     limits = Limits(max_body_bytes=max_body_mb << 20, max_frames=max_frames, max_tokens=max_tokens,
                     max_queue=max_queue, request_timeout_s=timeout_s)
-    cfg = ServeConfig(model_id=model_name or model_path.resolve().name, api_key=api_key or None, media_root=root,
+    cfg = ServeConfig(model_id=model_name or model_path.resolve().name, dtype=DTYPES[dtype], device=device,
+                      desa2va=desa2va_heads is not None, api_key=api_key or None, media_root=root,
                       limits=limits, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000)
     sock = _bind(host, port)
     handler = logging.StreamHandler(sys.stderr)

@@ -28,7 +28,7 @@ def evaluate_command(ctx: click.Context, scores_dir, db, name, **kw) -> None:
 
     res = predict_from_options(**kw)
     heads = kw.get("desa2va_heads")
-    default_name = kw["model_path"].name + (f"+desa2va:{heads.stem}" if heads is not None else "")
+    default_name = (kw["model_path"].name if kw["model_path"] is not None else "served") + (f"+desa2va:{heads.stem}" if heads is not None else "")
     ctx.invoke(score_command, protocol=kw["protocol"], gt=kw["gt"], pred=res.predictions,
                out=scores_dir or kw["out"], strict=False, name=name or default_name, db=db, benchmark=None,
                meta_name=kw["meta_name"], split=kw["split"], split_by=kw["split_by"], empty_union="one",
