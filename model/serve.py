@@ -161,8 +161,11 @@ def decode_image(data: bytes, where: str, limits: Limits):
             return img.convert("RGB")
     except RequestError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as err:
+    except Image.UnidentifiedImageError:
+        raise RequestError(400, "not a readable image (unknown format)", param=where) from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise RequestError(413, "the image would decode to too many pixels", param=where) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise RequestError(400, f"not a readable image ({str(err)[:120]})", param=where) from None
 
 
