@@ -355,6 +355,9 @@ class Job:
     deadline: float  # time.monotonic()
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     batch_size: int = 0  # how many requests the worker took together with this one
+    queued_s: float = 0.0  # from submission to the start of its group's prediction
+    predict_s: float = 0.0  # its group's prediction (shared by the group's requests)
+    submitted: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -440,6 +443,9 @@ class Batcher:
                 job.batch_size = len(jobs)
                 live.append(job)
             for group in group_jobs(live):
+                t0 = time.monotonic()
+                for job in group.jobs:
+                    job.queued_s = t0 - job.submitted
                 try:
                     preds = predict_group(self.model, group)
                 except RefsavError as err:
@@ -450,7 +456,9 @@ class Batcher:
                     for job in group.jobs:
                         job.future.set_exception(err)
                     continue
+                t1 = time.monotonic()
                 for job, pred in zip(group.jobs, preds):
+                    job.predict_s = t1 - t0
                     job.future.set_result(pred)
 
 
@@ -480,6 +488,7 @@ def completion_body(model_id: str, model, job: Job, pred) -> dict:
             "width": int(w),
             "key_frames": [int(k) for k in pred.key_frames],
             "batch_size": job.batch_size,
+            "timing": {"queued_s": round(job.queued_s, 6), "predict_s": round(job.predict_s, 6)},
             "masklets": [[rle_ops.encode(frame).to_json() for frame in masklet] for masklet in pred.masks],
         },
     }

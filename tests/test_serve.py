@@ -154,6 +154,7 @@ def test_image_request_equals_in_process_predict(client, tiny):
     assert got.choices[0].finish_reason == "stop"
     ext = got.model_extra["refsav"]
     assert (ext["frames"], ext["height"], ext["width"]) == (1, 90, 120)
+    assert ext["timing"]["predict_s"] > 0 and ext["timing"]["queued_s"] >= 0
     (mask,) = masks_of(got)
     assert mask.shape == (1, 90, 120) and mask.any() and np.array_equal(mask, want.masks[0])
 
