@@ -202,8 +202,12 @@ def read_video(path: Path, root: Path, where: str, limits: Limits) -> tuple:
     again, so a symlink swapped in after `resolve_media` cannot lead outside the root."""
     from refsav.schemas.media import probe_video, read_frames
 
+    import stat
+
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for a FIFO or device since the check
+            raise RequestError(400, "not a regular file", param=where)
         fd_path = f"/proc/self/fd/{fd}"
         if os.path.exists(fd_path):
             if not Path(os.path.realpath(fd_path)).is_relative_to(root):
