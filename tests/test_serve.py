@@ -274,3 +274,57 @@ def test_predict_through_the_server_writes_the_same_results(server, tiny_dir, tm
     areas = {rle_ops.area(rle_ops.Rle.from_json(r)) for v in results.values() for e in v.values()
              for r in e["prediction_masks"]}
     assert len(areas) > 1  # the masks are not all empty or all full: the comparison means something
+
+
+# ----------------------------------------------------------------------------- the queue, in-process
+
+
+class _SlowModel:
+    """Records the groups it is given; each predict takes a while, so requests pile up."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str]] = []
+
+    def predict(self, text, *, image=None, video=None, options=None, answer=None):
+        time.sleep(0.05)
+        self.calls.append((text, "video" if video is not None else "image"))
+        return text
+
+
+def _job(text: str, key: str, deadline: float | None = None):
+    from refsav.model.serve import ChatRequest, Job, Visual
+
+    frame = np.zeros((4, 4, 3), dtype=np.uint8)
+    req = ChatRequest(text, Visual(False, (frame,), key), PredictOptions(), None)
+    return Job(req, time.monotonic() + 60 if deadline is None else deadline)
+
+
+def test_batcher_groups_by_frames_and_drops_expired_or_cancelled_requests():
+    from refsav.model.serve import Batcher, RequestError
+
+    model = _SlowModel()
+    batcher = Batcher(model, max_batch=8, wait_s=0.2)
+    try:
+        jobs = [_job("a", "img1"), _job("b", "img2"), _job("c", "img1"),
+                _job("late", "img1", deadline=time.monotonic() - 1), _job("gone", "img2")]
+        jobs[4].future.cancel()  # its client gave up before the model got to it
+        for job in jobs:
+            batcher.submit(job)
+        assert [j.future.result(timeout=30) for j in jobs[:3]] == ["a", "b", "c"]
+        with pytest.raises(RequestError) as err:
+            jobs[3].future.result(timeout=30)
+        assert err.value.status == 504
+        assert jobs[4].future.cancelled()
+        # One batch of five; the img1 requests ran together before img2's.
+        assert [j.batch_size for j in jobs[:3]] == [5, 5, 5]
+        assert [c[0] for c in model.calls] == ["a", "c", "b"]
+        assert jobs[0].predict_s == jobs[2].predict_s >= 0.1
+    finally:
+        batcher.close()
+
+
+def test_serve_without_the_extra_is_one_line(tiny_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # what an install without [serve] looks like
+    assert root_cli.main(["serve", "--model", str(tiny_dir), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refsav[serve]" in err
