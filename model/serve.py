@@ -739,7 +739,7 @@ def serve_command(model_path: Path, host: str, port: int, device: str | None, dt
     click.echo(f"refsav serve: model {cfg.model_id!r} ({device}, {DTYPES[dtype]}) loaded in "
                f"{time.perf_counter() - t0:.1f} s; listening on http://{shown}:{bound}", err=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound, log_level="info", access_log=True,
-                                           timeout_keep_alive=30))
+                                           timeout_keep_alive=30, limit_concurrency=max(64, 4 * max_queue)))
     try:
         server.run(sockets=[sock])
     finally:
