@@ -545,7 +545,8 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
     config = read_config(model_path)
     original = original_sha = None
     if inference == "sa2va-i":
-        original, original_sha = _sa2va_i_checks(model_path, key_frames, desa2va_heads, sam2_original, allow_pickle)
+        original, original_sha = _sa2va_i_checks(model_path, key_frames, desa2va_heads, sam2_original, allow_pickle,
+                                                 video=protocol in VIDEO_PROTOCOLS)
         num_key_frames = num_key_frames or SA2VA_I_NUM_KEY_FRAMES
     elif sam2_original is not None:
         raise RefsavError("only --inference sa2va-i uses the original SAM-2 decoder", field="sam2_original")
@@ -570,8 +571,9 @@ SA2VA_I_NUM_KEY_FRAMES = 5  # Sa2VA-i's evaluation default (its demos use 12)
 
 
 def _sa2va_i_checks(model_path: Path, key_frames, desa2va_heads, sam2_original: Path | None,
-                    allow_pickle: bool) -> tuple[str | None, str | None]:
-    """Refuse what sa2va-i cannot do before OUT is touched; the SAM-2 file's path and sha256."""
+                    allow_pickle: bool, *, video: bool = True) -> tuple[str | None, str | None]:
+    """Refuse what sa2va-i cannot do before OUT is touched; the SAM-2 file's path and sha256.
+    Images are the key-frame decode alone, so they need no original decoder."""
     if key_frames is not None:
         raise RefsavError("sa2va-i spreads its key frames from the first frame to the last; drop --key-frames "
                           "(--num-key-frames sets how many)", field="key_frames")
@@ -583,6 +585,8 @@ def _sa2va_i_checks(model_path: Path, key_frames, desa2va_heads, sam2_original: 
         if not sam2_original.is_file():
             raise SchemaError("SAM-2 file not found", file=sam2_original)
         return str(sam2_original.resolve()), sha256_file(sam2_original)
+    if not video:
+        return None, None
     from .checkpoint import SA2VA_I_TUNED, WeightSource
 
     # Tensor names only (safetensors headers): does the checkpoint carry both decoders?
