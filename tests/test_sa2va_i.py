@@ -419,3 +419,25 @@ def test_predict_cli_sa2va_i(tiny_dir, two_dir, meta_pt, tmp_path, capsys):  # n
     assert old.pop("inference") == "official"
     run_file.write_text(json.dumps(old))
     assert predict(tiny_dir, "off") == 0
+
+
+def test_several_objects_track_as_one_batch_like_one_at_a_time(two, video):
+    """Each [SEG] is its own object; batching them shares the image features only."""
+    from refsav.model.sa2va_i import binary_mask_inputs
+
+    enc = two.model.grounding_encoder
+    size, hw = enc.image_size, video[0].shape[:2]
+    prompts = torch.randn(2, 1, 256, generator=torch.Generator().manual_seed(0))
+
+    def run(p):
+        def key_mask(_i, feats, pos, sizes):
+            return binary_mask_inputs(enc.decode(feats, pos, sizes, p).low_res, hw, size)[1]
+
+        load = lambda i: sam2_pixels(Image.fromarray(video[i]), size, "official")  # noqa: E731
+        with torch.no_grad():
+            return {i: m.clone() for i, m in enc.track_from_masks(7, load, (0, 3, 6), key_mask, p.shape[0])}
+
+    both = run(prompts)
+    for k in range(2):
+        alone = run(prompts[k : k + 1])
+        assert all(torch.allclose(both[i][k], alone[i][0], atol=1e-3) for i in range(7))
