@@ -30,6 +30,9 @@ SAM2_NORMS: tuple[str, ...] = ("official", "exact")
 # "official": Sa2VA's own predict_forward; "sa2va-i": the Sa2VA-i procedure (docs/sa2va-i.md).
 InferenceMode = Literal["official", "sa2va-i"]
 INFERENCE_MODES: tuple[str, ...] = ("official", "sa2va-i")
+# Key frames when none are asked for: the official code takes the first 5; Sa2VA-i's
+# evaluation spreads 5 (its demos use 12).
+DEFAULT_NUM_KEY_FRAMES: dict[str, int] = {"official": 5, "sa2va-i": 5}
 
 # Sa2VA adds these after the base model's own special tokens (docs/sa2va-checkpoints.md §4).
 SA2VA_SPECIAL_TOKENS: tuple[str, ...] = ("[SEG]", "<p>", "</p>", "<vp>", "</vp>")
@@ -326,7 +329,8 @@ class PredictOptions:
 
 
 __all__ = [
-    "ChatTemplate", "FAMILIES", "Family", "IMAGENET_MEAN", "INFERENCE_MODES", "InferenceMode", "IMAGENET_STD", "IMG_CONTEXT_TOKEN",
+    "ChatTemplate", "DEFAULT_NUM_KEY_FRAMES", "FAMILIES", "Family", "IMAGENET_MEAN", "INFERENCE_MODES",
+    "InferenceMode", "IMAGENET_STD", "IMG_CONTEXT_TOKEN",
     "IMG_END_TOKEN", "IMG_START_TOKEN", "INTERNVL_SPECIAL_TOKENS", "InternVLImageSpec", "KeyFrameMode",
     "PredictOptions", "QwenPixelSpec", "SA2VA_SPECIAL_TOKENS", "SAM2_NORMS", "SAM2_OFFICIAL_MEAN", "SAM2_OFFICIAL_STD",
     "SAM_PROMPT_DIM", "SEG_TOKEN", "Sa2VAConfig", "Sam2Norm", "Sam2Spec",

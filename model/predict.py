@@ -543,15 +543,16 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
 
     # config.json only (no weights): a folder that is no Sa2VA checkpoint fails before OUT is touched.
     config = read_config(model_path)
+    from .config import DEFAULT_NUM_KEY_FRAMES
+
     original = original_sha = None
     if inference == "sa2va-i":
         original, original_sha = _sa2va_i_checks(model_path, key_frames, desa2va_heads, sam2_original, allow_pickle,
                                                  video=protocol in VIDEO_PROTOCOLS)
-        num_key_frames = num_key_frames or SA2VA_I_NUM_KEY_FRAMES
     elif sam2_original is not None:
         raise RefsavError("only --inference sa2va-i uses the original SAM-2 decoder", field="sam2_original")
     key_frames = key_frames or "first"
-    num_key_frames = num_key_frames or OFFICIAL_NUM_KEY_FRAMES
+    num_key_frames = num_key_frames or DEFAULT_NUM_KEY_FRAMES[inference]
     heads = sha = None
     if desa2va_heads is not None:
         from refsav.schemas.io import sha256_file
@@ -564,10 +565,6 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
                    max_new_tokens, force_answer, heads, sha, sam2_norm, allow_pickle, inference=inference,
                    sam2_original=original, sam2_original_sha256=original_sha)
-
-
-OFFICIAL_NUM_KEY_FRAMES = 5  # Sa2VA's predict_forward: the first 5 frames
-SA2VA_I_NUM_KEY_FRAMES = 5  # Sa2VA-i's evaluation default (its demos use 12)
 
 
 def _sa2va_i_checks(model_path: Path, key_frames, desa2va_heads, sam2_original: Path | None,

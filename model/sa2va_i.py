@@ -31,9 +31,6 @@ from .preprocess import Frame, sam2_pixels, to_pil
 from .sa2va import Sa2VA, Sa2VAPrediction, _Prefetch, _Video
 from .sam2_wrapper import upsample_logits
 
-# The Sa2VA-i evaluation default (its demos use 12).
-DEFAULT_NUM_KEY_FRAMES = 5
-
 
 def key_frame_indices(num_frames: int, n: int) -> tuple[int, ...]:
     """Sa2VA-i's key frames, repeats included: n evenly spaced points from 0 to
@@ -118,4 +115,4 @@ def predict_sa2va_i(
     return Sa2VAPrediction(g.text, tuple(out[k] for k in range(n)), embeddings, g.key_frames, g.answer_ids)
 
 
-__all__ = ["DEFAULT_NUM_KEY_FRAMES", "binary_mask_inputs", "key_frame_indices", "llm_key_frames", "predict_sa2va_i"]
+__all__ = ["binary_mask_inputs", "key_frame_indices", "llm_key_frames", "predict_sa2va_i"]
