@@ -12,6 +12,9 @@ Key names (docs/sa2va-checkpoints.md §3, §7):
     model.{model.language_model,model}.*             vlm.model.language_model.*
     model.lm_head.weight                             vlm.lm_head.weight
     grounding_encoder.sam2_model.*                   grounding_encoder.sam2_model.*  (`.g_weight` ↔ `.gamma`)
+    Sa2VA-i two-decoder layout (docs/sa2va-i.md):
+    grounding_encoder.sam2_model.sam_mask_decoder_modified.*   grounding_encoder.sam2_model.sam_mask_decoder.*  (fine-tuned)
+    grounding_encoder.sam2_model.sam_mask_decoder.*            grounding_encoder.sam2_model.original_mask_decoder.*  (Meta's)
     text_hidden_fcs.{0,2}.*                          text_hidden_fcs.{0,2}.*
 
 Loading is all-or-nothing: every module tensor must come from the checkpoint
@@ -44,6 +47,10 @@ from .config import IMG_CONTEXT_TOKEN, Sa2VAConfig
 # ---------------------------------------------------------------------------- key mapping
 
 SAM_PREFIX = "grounding_encoder.sam2_model."
+# The Sa2VA-i layout: the fine-tuned decoder renamed, Meta's under the usual name.
+SA2VA_I_TUNED = SAM_PREFIX + "sam_mask_decoder_modified."
+MODULE_TUNED = SAM_PREFIX + "sam_mask_decoder."
+MODULE_ORIGINAL = SAM_PREFIX + "original_mask_decoder."
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Checkpoint tensors that carry nothing we need (old LLM code saved RoPE tables).
 IGNORABLE = (re.compile(r"\.rotary_emb\.inv_freq$"),)
@@ -58,6 +65,9 @@ class Layout:
     num_heads: int = 0  # InternLM2 only: attention heads,
     num_kv_heads: int = 0  # key/value heads,
     head_dim: int = 0  # and head width, to split wqkv
+    # Sa2VA-i layout: both SAM-2 mask decoders, the fine-tuned one under
+    # `sam_mask_decoder_modified` (told by the weights, not by config.json).
+    two_decoders: bool = False
 
     @classmethod
     def of(cls, cfg: Sa2VAConfig) -> "Layout":
@@ -108,6 +118,10 @@ def _apply(rules, text: str) -> str | None:
 
 def map_released_key(key: str, layout: Layout) -> Target | None:
     """The module key(s) a released key feeds, or None if it feeds nothing."""
+    if layout.two_decoders and key.startswith(SA2VA_I_TUNED):
+        return "copy", (MODULE_TUNED + key[len(SA2VA_I_TUNED):],)
+    if layout.two_decoders and key.startswith(MODULE_TUNED):
+        return "copy", (MODULE_ORIGINAL + key[len(MODULE_TUNED):],)
     if key.startswith(SAM_PREFIX):
         rest = key[len(SAM_PREFIX):]
         return "copy", (SAM_PREFIX + re.sub(r"\.g_weight$", ".gamma", rest),)
@@ -215,6 +229,10 @@ def released_names(module_keys: Iterable[str], layout: Layout, *, tied: bool) ->
 
 
 def _released_candidates(key: str, layout: Layout) -> list[str]:
+    if layout.two_decoders and key.startswith(MODULE_TUNED):
+        return [SA2VA_I_TUNED + key[len(MODULE_TUNED):]]
+    if layout.two_decoders and key.startswith(MODULE_ORIGINAL):
+        return [MODULE_TUNED + key[len(MODULE_ORIGINAL):]]
     if key.startswith(SAM_PREFIX):
         return [re.sub(r"\.gamma$", ".g_weight", key)]
     if key.startswith("text_hidden_fcs."):
@@ -670,8 +688,12 @@ def load_sa2va(
     tokenizer, processor = load_tokenizer(folder, cfg)
     tied = _lm_head_key(layout) not in source.index and _ties_embeddings(cfg)
     check_layer_counts(cfg, source.index, file=folder / "config.json")
+    if any(k.startswith(SA2VA_I_TUNED) for k in source.index):
+        layout = replace(layout, two_decoders=True)
     try:
         model = build_model(cfg, tokenizer, dtype=dtype, device=device, tied=tied)
+        if layout.two_decoders:
+            model.grounding_encoder.sam2_model.add_original_decoder()
     except SchemaError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers' config validation, allocation, arithmetic
@@ -780,7 +802,8 @@ def save_released(sa2va, path: str | Path, *, dtype: torch.dtype | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     model = sa2va.model
     cfg: Sa2VAConfig = model.config
-    layout = Layout.of(cfg)
+    # A model carrying the original SAM-2 decoder is written in the Sa2VA-i layout.
+    layout = replace(Layout.of(cfg), two_decoders=model.grounding_encoder.sam2_model.original_mask_decoder is not None)
     state = model.state_dict()
     tied = model.vlm.lm_head.weight is model.vlm.get_input_embeddings().weight
     names = released_names(state.keys(), layout, tied=tied)
@@ -803,8 +826,117 @@ def save_released(sa2va, path: str | Path, *, dtype: torch.dtype | None = None,
     return folder
 
 
+# ---------------------------------------------------------------------------- Meta's SAM-2 file (Sa2VA-i)
+
+META_DECODER_PREFIX = "sam_mask_decoder."
+
+
+def read_sam2_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Meta's SAM-2 checkpoint (`sam2_hiera_large.pt`: a dict whose `model` entry is a
+    flat state dict) or its safetensors copy (`refsav model convert-sam2`) → that flat
+    state dict. A torch file is read with `torch.load(weights_only=True)`, which refuses
+    anything but plain tensor data, so a hostile pickle cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("SAM-2 file not found", file=path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError has no public import path
+            raise CheckpointError(f"unreadable safetensors file ({' '.join(str(exc).split())[:200]})",
+                                  file=path) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"SAM-2 file refused or unreadable ({type(exc).__name__}: {first})", file=path) from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError("expected Meta's SAM-2 checkpoint: a dict of tensors under `model`", file=path)
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"entries that are not named tensors: {', '.join(bad[:3])}", file=path)
+    return obj
+
+
+def original_decoder_state(sam2_state: Mapping[str, torch.Tensor], decoder: torch.nn.Module, *,
+                           file: Path | None = None) -> dict[str, torch.Tensor]:
+    """The `sam_mask_decoder.*` tensors of a Meta SAM-2 state dict, checked one-to-one
+    against `decoder` (names, shapes, floating point, finite)."""
+    got = {k[len(META_DECODER_PREFIX):]: v for k, v in sam2_state.items() if k.startswith(META_DECODER_PREFIX)}
+    want = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    wrong = [f"{k}: file {list(got[k].shape)} vs model {list(s)}" for k, s in want.items()
+             if k in got and tuple(got[k].shape) != s]
+    if missing or unexpected or wrong:
+        parts = [f"{len(x)} {what} ({', '.join(x[:3])})" for x, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (wrong, "with the wrong shape")) if x]
+        raise CheckpointError("the file's SAM-2 mask decoder does not fit this checkpoint's SAM-2 (a SAM 2.0 "
+                              f"Hiera-L file for released Sa2VA): {'; '.join(parts)}", file=file)
+    for k, v in got.items():
+        if not v.is_floating_point():
+            raise CheckpointError(f"sam_mask_decoder.{k} is {v.dtype}, not floating point", file=file)
+        nan, inf = count_nonfinite(v)
+        if nan or inf:
+            raise CheckpointError(f"sam_mask_decoder.{k} holds {nan} NaN and {inf} inf values", file=file)
+    return got
+
+
+def attach_original_decoder(sa2va, path: str | Path) -> Path:
+    """Give a loaded Sa2VA Meta's original mask decoder, from `--sam2-original FILE`
+    (what Sa2VA-i tracks with). The checkpoint's own decoder stays the fine-tuned one.
+
+    The rest of SAM-2 is frozen in Sa2VA, so the file's other tensors should equal the
+    checkpoint's: names or shapes that differ mean another SAM-2 (e.g. 2.1 for 2.0) and
+    are refused; differing values only warn."""
+    path = Path(path)
+    state = read_sam2_file(path)
+    sam = sa2va.model.grounding_encoder.sam2_model
+    decoder_state = original_decoder_state(state, sam.sam_mask_decoder, file=path)
+    own = {re.sub(r"\.g_weight$", ".gamma", k): v for k, v in sam.state_dict().items()
+           if not k.startswith(("sam_mask_decoder.", "original_mask_decoder."))}
+    others = {k: v for k, v in state.items() if not k.startswith(META_DECODER_PREFIX)}
+    foreign = sorted(k for k, v in others.items() if k not in own or tuple(own[k].shape) != tuple(v.shape))
+    if foreign:
+        raise CheckpointError(f"{len(foreign)} SAM-2 tensors do not exist in this checkpoint's SAM-2 or have another "
+                              f"shape ({', '.join(foreign[:3])}): not the SAM-2 this Sa2VA was built on", file=path)
+    differ = [k for k, v in others.items() if not torch.equal(own[k].detach().cpu().to(v.dtype), v)]
+    if differ:
+        warnings.warn(f"{path}: {len(differ)} of {len(others)} frozen SAM-2 tensors differ from the checkpoint's "
+                      f"({', '.join(differ[:3])}); Sa2VA trains only the mask decoder, so this may be another SAM-2 "
+                      "release", stacklevel=2)
+    decoder = sam.add_original_decoder()
+    ref = next(decoder.parameters())
+    with torch.no_grad():
+        decoder.load_state_dict({k: v.to(device=ref.device, dtype=ref.dtype) for k, v in decoder_state.items()},
+                                strict=True)
+    return path
+
+
+def convert_sam2(src: str | Path, dst: str | Path) -> int:
+    """Meta's SAM-2 `.pt` (read with weights_only) → one safetensors file of the same
+    flat state dict; returns the tensor count."""
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != ".safetensors":
+        raise CheckpointError("the output must end in .safetensors", file=dst)
+    state = read_sam2_file(src)
+    if not any(k.startswith(META_DECODER_PREFIX) for k in state):
+        raise CheckpointError("no sam_mask_decoder.* tensors: not a SAM-2 checkpoint", file=src)
+    from refsav.schemas.io import sha256_file
+
+    # safetensors refuses tensors that share storage; a copy of each is cheap next to the load.
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    save_safetensors(dst, tensors, {"format": "pt", "source": src.name, "source_sha256": sha256_file(src)})
+    return len(tensors)
+
+
 __all__ = [
-    "CheckpointError", "LoadPlan", "LoadReport", "Layout", "WeightSource", "build_model", "fuse", "load_sa2va",
+    "CheckpointError", "attach_original_decoder", "convert_sam2", "original_decoder_state", "read_sam2_file",
+    "LoadPlan", "LoadReport", "Layout", "WeightSource", "build_model", "fuse", "load_sa2va",
     "load_tokenizer", "map_released_key", "plan_load", "read_config", "released_names", "save_released",
     "count_nonfinite", "save_safetensors",
     "save_tokenizer", "split_fused", "to_released", "write_safetensors",

@@ -30,7 +30,10 @@ def model_group() -> None:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Storage dtype (released checkpoints are float32; bfloat16 halves the files).")
 @click.option("--shard-gb", type=float, default=2.0, show_default=True, help="Largest safetensors shard, in GiB.")
-def init_random_command(size: str, base: str, out: str, seed: int, dtype: str, shard_gb: float) -> None:
+@click.option("--layout", type=click.Choice(["sa2va", "sa2va-i"]), default="sa2va", show_default=True,
+              help="sa2va-i: also write a second SAM-2 mask decoder in the Sa2VA-i two-decoder layout "
+                   "(fine-tuned under sam_mask_decoder_modified, the stand-in for Meta's under sam_mask_decoder).")
+def init_random_command(size: str, base: str, out: str, seed: int, dtype: str, shard_gb: float, layout: str) -> None:
     """Write a random-weight Sa2VA checkpoint in the released layout and shapes."""
     import time
 
@@ -40,11 +43,24 @@ def init_random_command(size: str, base: str, out: str, seed: int, dtype: str, s
 
     t0 = time.perf_counter()
     ckpt = write_random_checkpoint(out, size, base, seed=seed, dtype=getattr(torch, dtype),
-                                   max_shard_bytes=int(shard_gb * 1024**3))
+                                   max_shard_bytes=int(shard_gb * 1024**3), layout=layout)
     click.echo(
-        f"wrote {ckpt.path}: Sa2VA {size} on {base}, {ckpt.num_parameters / 1e6:.1f} M parameters "
+        f"wrote {ckpt.path}: Sa2VA{'-i layout' if layout == 'sa2va-i' else ''} {size} on {base}, {ckpt.num_parameters / 1e6:.1f} M parameters "
         f"({dtype}, {len(ckpt.files)} file(s)) in {time.perf_counter() - t0:.1f} s; random weights"
     )
+
+
+@model_group.command("convert-sam2")
+@click.option("--in", "src", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Meta's SAM-2 checkpoint, e.g. sam2_hiera_large.pt (read with torch.load(weights_only=True)).")
+@click.option("--out", "dst", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The safetensors copy to write (.safetensors).")
+def convert_sam2_command(src: Path, dst: Path) -> None:
+    """Copy Meta's SAM-2 .pt file to safetensors, for `predict --inference sa2va-i --sam2-original`."""
+    from .checkpoint import convert_sam2
+
+    count = convert_sam2(src, dst)
+    click.echo(f"wrote {dst}: {count} tensors from {src.name}")
 
 
 HEADS_LOG_FORMAT = "refsav-desa2va-train-log/1"

@@ -27,6 +27,12 @@ FAMILIES: tuple[str, ...] = ("internvl", "qwen2.5-vl", "qwen3-vl")
 KeyFrameMode = Literal["first", "uniform"]
 Sam2Norm = Literal["official", "exact"]
 SAM2_NORMS: tuple[str, ...] = ("official", "exact")
+# "official": Sa2VA's own predict_forward; "sa2va-i": the Sa2VA-i procedure (docs/sa2va-i.md).
+InferenceMode = Literal["official", "sa2va-i"]
+INFERENCE_MODES: tuple[str, ...] = ("official", "sa2va-i")
+# Key frames when none are asked for: the official code takes the first 5; Sa2VA-i's
+# evaluation spreads 5 (its demos use 12).
+DEFAULT_NUM_KEY_FRAMES: dict[str, int] = {"official": 5, "sa2va-i": 5}
 
 # Sa2VA adds these after the base model's own special tokens (docs/sa2va-checkpoints.md §4).
 SA2VA_SPECIAL_TOKENS: tuple[str, ...] = ("[SEG]", "<p>", "</p>", "<vp>", "</vp>")
@@ -302,6 +308,10 @@ class PredictOptions:
     # for a still image under bf16, bf16 arithmetic) of the released code; "exact" =
     # float32 ImageNet statistics and arithmetic.
     sam2_norm: Sam2Norm = "official"
+    # "sa2va-i": key frames spread by Sa2VA-i's own rule (`key_frames` is not used),
+    # decoded by the fine-tuned decoder, tracked by the original SAM-2 decoder; the
+    # model must then carry that decoder (refsav.model.sa2va_i).
+    inference: InferenceMode = "official"
 
     def __post_init__(self) -> None:
         if self.key_frames not in ("first", "uniform"):
@@ -314,10 +324,13 @@ class PredictOptions:
             raise RefsavError("must be >= 1", field="backbone_batch")
         if self.sam2_norm not in SAM2_NORMS:
             raise RefsavError(f"must be one of {SAM2_NORMS}, got {self.sam2_norm!r}", field="sam2_norm")
+        if self.inference not in INFERENCE_MODES:
+            raise RefsavError(f"must be one of {INFERENCE_MODES}, got {self.inference!r}", field="inference")
 
 
 __all__ = [
-    "ChatTemplate", "FAMILIES", "Family", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_CONTEXT_TOKEN",
+    "ChatTemplate", "DEFAULT_NUM_KEY_FRAMES", "FAMILIES", "Family", "IMAGENET_MEAN", "INFERENCE_MODES",
+    "InferenceMode", "IMAGENET_STD", "IMG_CONTEXT_TOKEN",
     "IMG_END_TOKEN", "IMG_START_TOKEN", "INTERNVL_SPECIAL_TOKENS", "InternVLImageSpec", "KeyFrameMode",
     "PredictOptions", "QwenPixelSpec", "SA2VA_SPECIAL_TOKENS", "SAM2_NORMS", "SAM2_OFFICIAL_MEAN", "SAM2_OFFICIAL_STD",
     "SAM_PROMPT_DIM", "SEG_TOKEN", "Sa2VAConfig", "Sam2Norm", "Sam2Spec",

@@ -75,13 +75,20 @@ class RunSpec:
     # Read pickle weight files (still through torch.load(weights_only=True)). How the
     # weights are read, not what they are, so run.json does not record it.
     allow_pickle: bool = False
+    # "official" or "sa2va-i" (docs/sa2va-i.md). Always in run.json; one without it
+    # predates the option and was official.
+    inference: str = "official"
+    # Sa2VA-i: Meta's SAM-2 file the original decoder comes from (absolute) and its
+    # sha256; None = the checkpoint carries both decoders.
+    sam2_original: str | None = None
+    sam2_original_sha256: str | None = None
     # `--server URL`: predict through `refsav serve` (model = the served model's id).
     server: str | None = None
     api_key: str | None = None  # the server's key; never written to run.json
 
     def settings(self) -> dict:
-        """What run.json stores. The heads keys appear only when heads are used, so
-        plain Sa2VA runs written before DeSa2VA existed still resume."""
+        """What run.json stores. The heads and SAM-2 file keys appear only when used, so
+        runs written before DeSa2VA or Sa2VA-i existed still resume."""
         out = asdict(self)
         out.pop("allow_pickle")
         out.pop("api_key")
@@ -90,13 +97,17 @@ class RunSpec:
         if self.desa2va_heads is None:
             out.pop("desa2va_heads")
             out.pop("desa2va_heads_sha256")
+        if self.sam2_original is None:
+            out.pop("sam2_original")
+            out.pop("sam2_original_sha256")
         return out
 
     def options(self):
         from .config import PredictOptions
 
         return PredictOptions(max_new_tokens=self.max_new_tokens, key_frames=self.key_frames,
-                              num_key_frames=self.num_key_frames, sam2_norm=self.sam2_norm)
+                              num_key_frames=self.num_key_frames, sam2_norm=self.sam2_norm,
+                              inference=self.inference)
 
 
 def prompt_for(expression: str, *, image: bool = False) -> str:
@@ -140,11 +151,23 @@ def _with_heads(sa2va, heads: str, sha256: str | None):
         raise err.at(file=path) from None
 
 
+def _with_sam2_original(sa2va, path: str, sha256: str | None):
+    """Sa2VA + Meta's original SAM-2 decoder; the file must still be the one run.json names."""
+    from refsav.schemas.io import sha256_file
+
+    from .checkpoint import attach_original_decoder
+
+    if sha256 is not None and Path(path).is_file() and sha256_file(path) != sha256:
+        raise RefsavError("the SAM-2 file changed after the run started (sha256 differs from run.json)", file=path)
+    attach_original_decoder(sa2va, path)
+    return sa2va
+
+
 def get_model(spec: RunSpec):
     """The loaded model of this process (a Dask worker loads it on its first task):
     a `Sa2VA`, or a `DeSa2VA` with `--desa2va-heads`; both have `predict`."""
     key = (spec.model, spec.dtype, spec.device, spec.desa2va_heads, spec.desa2va_heads_sha256, spec.allow_pickle,
-           spec.server)
+           spec.sam2_original, spec.sam2_original_sha256, spec.server)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: GPU memory holds one
         if spec.server is not None:
@@ -153,6 +176,8 @@ def get_model(spec: RunSpec):
             model = RemoteSa2VA(spec.server, spec.model, spec.api_key)
         else:
             model = _load_model(spec.model, spec.dtype, spec.device, spec.allow_pickle)
+        if spec.sam2_original is not None:
+            model = _with_sam2_original(model, spec.sam2_original, spec.sam2_original_sha256)
         if spec.desa2va_heads is not None:
             model = _with_heads(model, spec.desa2va_heads, spec.desa2va_heads_sha256)
         _MODELS[key] = model
@@ -360,8 +385,9 @@ def _run_file(out: Path, spec: RunSpec, extra: dict) -> Iterator[None]:
     if path.exists():
         have = read_json(path)
         if isinstance(have, dict):
-            # Written before --sam2-norm existed: those predictions used the exact statistics.
-            have = {"sam2_norm": "exact", **have}
+            # Written before --sam2-norm existed: those predictions used the exact statistics;
+            # before --inference: the official procedure.
+            have = {"sam2_norm": "exact", "inference": "official", **have}
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k)) if isinstance(have, dict) else []
             raise RefsavError(f"OUT holds predictions made with other settings ({', '.join(diff) or 'unreadable'}); "
@@ -483,9 +509,18 @@ def predict_options(fn):
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
         click.option("--dtype", default="bf16", show_default=True, type=click.Choice(sorted(DTYPES)),
                      help="Weights / activations dtype."),
-        click.option("--key-frames", default="first", show_default=True, type=click.Choice(["first", "uniform"]),
-                     help="Frames shown to the LLM: the first K (official) or K spread over the video."),
-        click.option("--num-key-frames", default=5, show_default=True, type=click.IntRange(1)),
+        click.option("--key-frames", default=None, type=click.Choice(["first", "uniform"]),
+                     help="Official inference: frames shown to the LLM, the first K (default, as Sa2VA) or K "
+                          "spread over the video. Sa2VA-i spreads its own."),
+        click.option("--num-key-frames", default=None, type=click.IntRange(1),
+                     help="Key frames K (default 5 in both modes)."),
+        click.option("--inference", default="official", show_default=True, type=click.Choice(["official", "sa2va-i"]),
+                     help="official: Sa2VA's predict_forward; sa2va-i: key frames spread over the video, decoded by "
+                          "the fine-tuned decoder, tracked by the original SAM-2 decoder (docs/sa2va-i.md)."),
+        click.option("--sam2-original", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Sa2VA-i: Meta's SAM-2 checkpoint the original decoder comes from (sam2_hiera_large.pt, "
+                          "read with weights_only, or its convert-sam2 safetensors copy). Not needed for a "
+                          "checkpoint in the Sa2VA-i two-decoder layout."),
         click.option("--max-new-tokens", default=2048, show_default=True, type=click.IntRange(0)),
         click.option("--force-answer", default=None,
                      help="Teacher-force this answer (e.g. 'Sure, [SEG].') instead of generating: speed runs only."),
@@ -514,15 +549,15 @@ def predict_options(fn):
     return fn
 
 
-def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str, num_key_frames: int,
-          max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None,
-          allow_pickle: bool = False, sam2_norm: str = "official", server: str | None = None,
-          api_key: str | None = None) -> RunSpec:
+def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str | None,
+          num_key_frames: int | None, max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None,
+          allow_pickle: bool = False, sam2_norm: str = "official", inference: str = "official",
+          sam2_original: Path | None = None, server: str | None = None, api_key: str | None = None) -> RunSpec:
     if server is not None:
         from .serve_client import remote_spec
 
         return remote_spec(RunSpec, server, model_path, api_key, protocol, key_frames, num_key_frames,
-                           max_new_tokens, force_answer, desa2va_heads, sam2_norm)
+                           max_new_tokens, force_answer, desa2va_heads, sam2_norm, inference, sam2_original)
     if model_path is None:
         raise RefsavError("give --model (a checkpoint folder) or --server", field="model")
     if not model_path.is_dir():
@@ -531,6 +566,16 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
 
     # config.json only (no weights): a folder that is no Sa2VA checkpoint fails before OUT is touched.
     config = read_config(model_path)
+    from .config import DEFAULT_NUM_KEY_FRAMES
+
+    original = original_sha = None
+    if inference == "sa2va-i":
+        original, original_sha = _sa2va_i_checks(model_path, key_frames, desa2va_heads, sam2_original, allow_pickle,
+                                                 video=protocol in VIDEO_PROTOCOLS)
+    elif sam2_original is not None:
+        raise RefsavError("only --inference sa2va-i uses the original SAM-2 decoder", field="sam2_original")
+    key_frames = key_frames or "first"
+    num_key_frames = num_key_frames or DEFAULT_NUM_KEY_FRAMES[inference]
     heads = sha = None
     if desa2va_heads is not None:
         from refsav.schemas.io import sha256_file
@@ -541,17 +586,45 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
         load_heads(desa2va_heads, config.llm_hidden_size)
         heads, sha = str(desa2va_heads.resolve()), sha256_file(desa2va_heads)
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
-                   max_new_tokens, force_answer, heads, sha, sam2_norm, allow_pickle)
+                   max_new_tokens, force_answer, heads, sha, sam2_norm, allow_pickle, inference=inference,
+                   sam2_original=original, sam2_original_sha256=original_sha)
+
+
+def _sa2va_i_checks(model_path: Path, key_frames, desa2va_heads, sam2_original: Path | None,
+                    allow_pickle: bool, *, video: bool = True) -> tuple[str | None, str | None]:
+    """Refuse what sa2va-i cannot do before OUT is touched; the SAM-2 file's path and sha256.
+    Images are the key-frame decode alone, so they need no original decoder."""
+    if key_frames is not None:
+        raise RefsavError("sa2va-i spreads its key frames from the first frame to the last; drop --key-frames "
+                          "(--num-key-frames sets how many)", field="key_frames")
+    if desa2va_heads is not None:
+        raise RefsavError("DeSa2VA heads run the official procedure only", field="inference")
+    if sam2_original is not None:
+        from refsav.schemas.io import sha256_file
+
+        if not sam2_original.is_file():
+            raise SchemaError("SAM-2 file not found", file=sam2_original)
+        return str(sam2_original.resolve()), sha256_file(sam2_original)
+    if not video:
+        return None, None
+    from .checkpoint import SA2VA_I_TUNED, WeightSource
+
+    # Tensor names only (safetensors headers): does the checkpoint carry both decoders?
+    if not any(k.startswith(SA2VA_I_TUNED) for k in WeightSource(model_path, allow_pickle=allow_pickle).index):
+        raise RefsavError("sa2va-i tracks with Meta's original SAM-2 mask decoder: give --sam2-original "
+                          "sam2_hiera_large.pt (or its convert-sam2 copy), or a checkpoint in the Sa2VA-i "
+                          "two-decoder layout", field="sam2_original")
+    return None, None
 
 
 def predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
                           force_answer, meta_name, frames, images, split, split_by, limit, workers,
-                          scheduler, desa2va_heads=None, allow_pickle=False, sam2_norm="official", server=None,
-                          api_key=None) -> PredictResult:
+                          scheduler, desa2va_heads=None, allow_pickle=False, sam2_norm="official",
+                          inference="official", sam2_original=None, server=None, api_key=None) -> PredictResult:
     import time
 
     spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer,
-                 desa2va_heads, allow_pickle, sam2_norm, server, api_key)
+                 desa2va_heads, allow_pickle, sam2_norm, inference, sam2_original, server, api_key)
     t0 = time.perf_counter()
     res = run_predict(spec, gt, out, meta_name=meta_name, frames=frames, images=images, split=split,
                       split_by=split_by, limit=limit, workers=workers, scheduler=scheduler)

@@ -36,6 +36,7 @@ from .config import INTERNVL_SPECIAL_TOKENS, SA2VA_SPECIAL_TOKENS, QwenPixelSpec
 
 SIZES = ("tiny", "1b", "4b")
 BASES = ("internvl", "qwen2.5-vl", "qwen3-vl")
+LAYOUTS = ("sa2va", "sa2va-i")  # released Sa2VA; Sa2VA-i's two-decoder layout
 
 TINY_SAM2 = Sam2Spec("configs/sam2.1/sam2.1_hiera_t.yaml", 256)
 CHAT_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -285,14 +286,23 @@ def write_random_checkpoint(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     max_shard_bytes: int = 2 * 1024**3,
+    layout: str = "sa2va",
 ) -> RandomCheckpoint:
-    """Write a random-weight Sa2VA checkpoint folder in the released layout."""
+    """Write a random-weight Sa2VA checkpoint folder in the released layout.
+
+    `layout="sa2va-i"` writes the Sa2VA-i two-decoder layout instead: the checkpoint's
+    decoder under `sam_mask_decoder_modified` and a second, differently initialised
+    one standing in for Meta's original under `sam_mask_decoder`."""
+    from dataclasses import replace
+
     from .checkpoint import Layout, build_model, released_names, save_tokenizer, split_fused, write_safetensors
 
     if size not in SIZES:
         raise RefsavError(f"unknown size {size!r}; expected one of {SIZES}", field="size")
     if base not in BASES:
         raise RefsavError(f"unknown base {base!r}; expected one of {BASES}", field="base")
+    if layout not in LAYOUTS:
+        raise RefsavError(f"unknown layout {layout!r}; expected one of {LAYOUTS}", field="layout")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -306,6 +316,8 @@ def write_random_checkpoint(
         raw = make_config(size, tokenizer.get_vocab())
         processor = qwen_processor(tokenizer, size, base)
     raw["refsav"] = {"random_init": {"size": size, "base": base, "seed": seed}}
+    if layout != "sa2va":
+        raw["refsav"]["random_init"]["layout"] = layout
     if processor is not None and size == "tiny":
         # Inference passes the config's bounds to the processor: record the tiny ones
         # (released checkpoints have none and get Sa2VA's 512..2048·28² pixels).
@@ -315,18 +327,26 @@ def write_random_checkpoint(
     if size == "tiny":
         raw["refsav"]["sam2"] = TINY_SAM2.to_json()
     cfg = Sa2VAConfig.from_released(raw)
-    layout = Layout.of(cfg)
+    key_layout = replace(Layout.of(cfg), two_decoders=layout == "sa2va-i")
 
     tied = bool(cfg.text_config_dict().get("tie_word_embeddings", False))
     # The VLM skeleton lives on the meta device (shapes only); SAM-2 is built for real
     # and keeps the package's own initialisation (~1 GB fp32 for Hiera-L).
     torch.manual_seed(seed)
     skeleton = build_model(cfg, tokenizer, dtype=torch.float32, device="meta", tied=tied)
+    if key_layout.two_decoders:
+        original = skeleton.grounding_encoder.sam2_model.add_original_decoder()
+        # The package's own initialisation again, from another seed, so the two decoders differ.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            for module in original.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
     state = skeleton.state_dict()
     module_shapes = {k: tuple(v.shape) for k, v in state.items()}
     sam_state = {k: v for k, v in state.items() if k.startswith("grounding_encoder.")}
     del skeleton, state
-    names = released_names(module_shapes, layout, tied=tied)
+    names = released_names(module_shapes, key_layout, tied=tied)
 
     def shape_of(name: str) -> tuple[int, ...]:
         kind, targets = names[name]
@@ -334,14 +354,14 @@ def write_random_checkpoint(
             return module_shapes[targets[0]]
         from .checkpoint import fuse
 
-        return tuple(fuse(kind, [torch.empty(module_shapes[t], device="meta") for t in targets], layout).shape)
+        return tuple(fuse(kind, [torch.empty(module_shapes[t], device="meta") for t in targets], key_layout).shape)
 
     def make(name: str) -> torch.Tensor:
         kind, targets = names[name]
         if targets[0] in sam_state:
             return sam_state[targets[0]]
         value = random_value(name, shape_of(name), seed)
-        split_fused(kind, value, layout)  # the planned split must apply to what we write
+        split_fused(kind, value, key_layout)  # the planned split must apply to what we write
         return value
 
     specs = [(name, shape_of(name), dtype) for name in names]
@@ -354,6 +374,6 @@ def write_random_checkpoint(
 
 
 __all__ = [
-    "BASES", "QWEN_CHAT_TEMPLATE", "RandomCheckpoint", "SIZES", "TINY_SAM2", "internvl_config", "qwen25_vl_config",
+    "BASES", "LAYOUTS", "QWEN_CHAT_TEMPLATE", "RandomCheckpoint", "SIZES", "TINY_SAM2", "internvl_config", "qwen25_vl_config",
     "qwen3_vl_config", "qwen_processor", "random_value", "train_tokenizer", "write_random_checkpoint",
 ]

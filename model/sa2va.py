@@ -329,7 +329,12 @@ class Sa2VA:
         if image is not None:
             return [to_pil(image, where="image")], (0,), False
         clip = video if isinstance(video, _Video) else _Video(video)
-        keys = select_key_frames(len(clip), options.key_frames, options.num_key_frames)
+        if options.inference == "sa2va-i":
+            from .sa2va_i import llm_key_frames
+
+            keys = llm_key_frames(len(clip), options.num_key_frames)
+        else:
+            keys = select_key_frames(len(clip), options.key_frames, options.num_key_frames)
         return [clip.pil(i) for i in keys], keys, True
 
     # ------------------------------------------------------------------ masks
@@ -395,6 +400,11 @@ class Sa2VA:
     ) -> Sa2VAPrediction:
         """Answer `text` about an image or a video; one mask (image) or masklet
         (video: every frame goes through SAM-2) per [SEG] in the answer."""
+        if options.inference == "sa2va-i":
+            from .sa2va_i import predict_sa2va_i
+
+            return predict_sa2va_i(self, text, image=image, video=video, options=options, answer=answer,
+                                   logits_processor=logits_processor)
         clip = _Video(video) if video is not None else None
         g = self.ground(text, image=image, video=clip, options=options, answer=answer,
                         logits_processor=logits_processor)

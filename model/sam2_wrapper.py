@@ -24,14 +24,17 @@ directly, and `prompt_frame` (no_grad, plus the memory encoder) is built on it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from refsav.schemas.errors import RefsavError
 
 from .config import SAM_PROMPT_DIM, Sam2Spec
 
@@ -41,14 +44,73 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("refsav's model/ needs Meta's `sam2` package: pip install sam2") from exc
 
 
+DecoderRole = Literal["fine_tuned", "original"]
+
+
 class Sa2VASam2(SAM2Base):
-    """SAM2Base whose mask head accepts extra sparse prompt tokens."""
+    """SAM2Base whose mask head accepts extra sparse prompt tokens, and which can
+    hold a second mask decoder.
+
+    `sam_mask_decoder` is always the decoder of the Sa2VA checkpoint (fine-tuned with
+    the [SEG] prompts). Sa2VA-i also needs Meta's original decoder for propagation:
+    `add_original_decoder()` adds it as `original_mask_decoder`, and `using("original")`
+    routes the mask head *and* the high-resolution feature projections (conv_s0 /
+    conv_s1, which live in the decoder) to it for the duration of a call.
+    """
 
     def __init__(self, *args, mask_absent_objects: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         # Meta's SAM-2 sets masks to NO_OBJ_SCORE where the object-score head says
         # "absent"; Sa2VA commented that out, so masks are never forced empty.
         self.mask_absent_objects = mask_absent_objects
+        self.original_mask_decoder: nn.Module | None = None
+        self.decoder_role: DecoderRole = "fine_tuned"
+
+    def add_original_decoder(self) -> nn.Module:
+        """Register a second decoder of the same shape (values: a copy of the fine-tuned
+        one until weights are loaded into it)."""
+        if self.original_mask_decoder is None:
+            self.original_mask_decoder = copy.deepcopy(self.sam_mask_decoder)
+        return self.original_mask_decoder
+
+    def active_mask_decoder(self) -> nn.Module:
+        if self.decoder_role == "fine_tuned":
+            return self.sam_mask_decoder
+        if self.original_mask_decoder is None:
+            raise RefsavError("no original SAM-2 mask decoder loaded (give --sam2-original FILE, or a checkpoint "
+                              "in the Sa2VA-i two-decoder layout)", field="sam2_original")
+        return self.original_mask_decoder
+
+    @contextlib.contextmanager
+    def using(self, role: DecoderRole, *, mask_absent_objects: bool | None = None):
+        """Run the block with `role`'s decoder (and optionally object-score gating).
+        Module state, so not for concurrent calls on one model."""
+        before = (self.decoder_role, self.mask_absent_objects)
+        self.decoder_role = role
+        self.active_mask_decoder()  # fail before any work if it is missing
+        if mask_absent_objects is not None:
+            self.mask_absent_objects = mask_absent_objects
+        try:
+            yield self
+        finally:
+            self.decoder_role, self.mask_absent_objects = before
+
+    def backbone(self, img_batch: torch.Tensor) -> dict:
+        """Image encoder output before the decoder's high-resolution projections."""
+        return self.image_encoder(img_batch)
+
+    def project(self, backbone_out: dict) -> dict:
+        """The active decoder's conv_s0 / conv_s1 on the two finest levels (a new dict:
+        the same backbone output can be projected for both decoders)."""
+        out = {**backbone_out, "backbone_fpn": list(backbone_out["backbone_fpn"])}
+        if self.use_high_res_features_in_sam:
+            decoder = self.active_mask_decoder()
+            out["backbone_fpn"][0] = decoder.conv_s0(out["backbone_fpn"][0])
+            out["backbone_fpn"][1] = decoder.conv_s1(out["backbone_fpn"][1])
+        return out
+
+    def forward_image(self, img_batch: torch.Tensor):
+        return self.project(self.backbone(img_batch))
 
     def _forward_sam_heads(
         self,
@@ -88,7 +150,7 @@ class Sa2VASam2(SAM2Base):
             sparse = torch.cat([sparse, extra_sparse_prompts.to(sparse.dtype)], dim=1)  # (B, P+1+E, 256)
 
         # multimasks: (B, M, 4h, 4w) with M = 3 or 1; ious: (B, M); tokens: (B, M, 256); obj: (B, 1)
-        low_res_multimasks, ious, sam_output_tokens, object_score_logits = self.sam_mask_decoder(
+        low_res_multimasks, ious, sam_output_tokens, object_score_logits = self.active_mask_decoder()(
             image_embeddings=backbone_features,
             image_pe=self.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
@@ -329,34 +391,14 @@ class GroundingEncoder(nn.Module):
         both the key frame's output and what enters the memory bank. B is still
         `prompts.shape[0]`. DeSa2VA uses it to track its fused text/vision masks.
         """
-        sam = self.sam2_model
         B = prompts.shape[0]
-        key_set = sorted(set(int(k) for k in key_frames))
-        if not key_set or key_set[0] < 0 or key_set[-1] >= num_frames:
-            raise ValueError(f"key frames {key_frames} out of range for {num_frames} frames")
-        bank: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        pos_enc_cache: list = []
-
-        def compact(out: dict) -> dict:
-            # What later frames read from the bank: memory features, their position
-            # encoding (identical for every frame, so shared), object pointer, score.
-            mem = out["maskmem_features"]
-            if memory_in_bf16:
-                mem = mem.to(torch.bfloat16)
-            if not pos_enc_cache:
-                pos_enc_cache.append(out["maskmem_pos_enc"])
-            return {
-                "maskmem_features": mem, "maskmem_pos_enc": pos_enc_cache[0],
-                "obj_ptr": out["obj_ptr"], "object_score_logits": out["object_score_logits"],
-            }
-
-        def encode(indices: Sequence[int]) -> FrameFeatures:
-            return self.encode(torch.stack([load_frame(i) for i in indices]))
+        key_set = self._key_set(key_frames, num_frames)
+        run = _Run(self, memory_in_bf16)
 
         key_masks: dict[int, torch.Tensor] = {}
         for a in range(0, len(key_set), backbone_batch):
             chunk = key_set[a : a + backbone_batch]
-            ff = encode(chunk)
+            ff = self.encode(torch.stack([load_frame(i) for i in chunk]))
             for j, i in enumerate(chunk):
                 feats, pos = ff.frame(j, B)
                 if key_frame_decoder is None:
@@ -365,8 +407,109 @@ class GroundingEncoder(nn.Module):
                     decoded = key_frame_decoder(feats, pos, ff.feat_sizes)
                 out = self.frame_output(feats, ff.feat_sizes, decoded)
                 key_masks[i] = out["pred_masks"]
-                bank["cond_frame_outputs"][i] = compact(out)
+                run.bank["cond_frame_outputs"][i] = run.compact(out)
             del ff
+        yield from self._propagate(run, num_frames, load_frame, key_masks, B, backbone_batch=backbone_batch,
+                                   keep_all_memory=keep_all_memory)
+
+    @staticmethod
+    def _key_set(key_frames: Sequence[int], num_frames: int) -> list[int]:
+        key_set = sorted(set(int(k) for k in key_frames))
+        if not key_set or key_set[0] < 0 or key_set[-1] >= num_frames:
+            raise ValueError(f"key frames {key_frames} out of range for {num_frames} frames")
+        return key_set
+
+    @torch.no_grad()
+    def track_from_masks(
+        self,
+        num_frames: int,
+        load_frame: Callable[[int], torch.Tensor],  # i -> (3, S, S) normalised pixels
+        key_frames: Sequence[int],
+        key_mask: Callable[[int, list, list, list], torch.Tensor],
+        batch: int,
+        *,
+        decoder: DecoderRole = "original",
+        gate_absent_objects: bool = True,
+        memory_in_bf16: bool = True,
+        backbone_batch: int = 1,
+        keep_all_memory: bool = False,
+        on_event: Callable[[str, int], None] | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """SAM-2's video predictor seeded with mask inputs (Sa2VA-i's second stage).
+
+        For each key frame i, `key_mask(i, feats, pos, feat_sizes)` gets the frame's
+        features as the *fine-tuned* decoder projects them (batched by `batch`
+        objects) and returns its binary mask inputs (batch, 1, S, S). Each mask then
+        enters a fresh memory bank the way `SAM2VideoPredictor.add_new_mask` +
+        `propagate_in_video` put it there: the mask is the key frame's output (logits
+        ±10, downsampled to 4h×4w), its object pointer comes from `decoder` with the
+        mask as dense prompt, and its memory is encoded from that low-res output
+        upsampled to S×S. Every other frame is tracked forward with `decoder` (its
+        own conv_s0/s1 projections too) and, with `gate_absent_objects`, comes out
+        empty (NO_OBJ_SCORE) where its object score is <= 0.
+
+        Key frames are encoded once: the image encoder's output is projected for each
+        decoder. `on_event(stage, frame)` is called before each step ("key_mask",
+        "seed", "propagate"), for tests and profiling. Yields like `track`.
+        """
+        sam = self.sam2_model
+        key_set = self._key_set(key_frames, num_frames)
+        run = _Run(self, memory_in_bf16)
+        mode = lambda: sam.using(decoder, mask_absent_objects=gate_absent_objects)  # noqa: E731
+        with mode():
+            pass  # a missing decoder fails here, before any frame is read
+
+        key_masks: dict[int, torch.Tensor] = {}
+        for a in range(0, len(key_set), backbone_batch):
+            chunk = key_set[a : a + backbone_batch]
+            pixels = torch.stack([load_frame(i) for i in chunk])
+            p = next(self.parameters())
+            with self._autocast():
+                raw = sam.backbone(pixels.to(device=p.device, dtype=p.dtype))
+                with sam.using("fine_tuned"):
+                    tuned = FrameFeatures(*sam._prepare_backbone_features(sam.project(raw))[1:])
+                with mode():
+                    own = FrameFeatures(*sam._prepare_backbone_features(sam.project(raw))[1:])
+            del raw
+            for j, i in enumerate(chunk):
+                if on_event:
+                    on_event("key_mask", i)
+                feats, pos = tuned.frame(j, batch)
+                with sam.using("fine_tuned"):
+                    masks = key_mask(i, feats, pos, tuned.feat_sizes)
+                if on_event:
+                    on_event("seed", i)
+                feats, pos = own.frame(j, batch)
+                with mode(), self._autocast():
+                    out = sam.track_step(
+                        frame_idx=i, is_init_cond_frame=True, current_vision_feats=feats,
+                        current_vision_pos_embeds=pos, feat_sizes=own.feat_sizes, point_inputs=None,
+                        mask_inputs=masks.to(feats[-1].device, torch.float32), output_dict=run.bank,
+                        num_frames=num_frames, run_mem_encoder=False,
+                    )
+                    # The predictor's pre-flight encodes a mask-input frame's memory from
+                    # its low-res output brought back to S×S, not from the ±10 input.
+                    high = F.interpolate(out["pred_masks"], size=(self.image_size, self.image_size),
+                                         mode="bilinear", align_corners=False)
+                    out["maskmem_features"], out["maskmem_pos_enc"] = sam._encode_new_memory(
+                        feats, own.feat_sizes, high, out["object_score_logits"], is_mask_from_pts=True)
+                key_masks[i] = out["pred_masks"]
+                run.bank["cond_frame_outputs"][i] = run.compact(out)
+            del tuned, own
+        yield from self._propagate(run, num_frames, load_frame, key_masks, batch, backbone_batch=backbone_batch,
+                                   keep_all_memory=keep_all_memory, mode=mode, on_event=on_event)
+
+    def _propagate(self, run: "_Run", num_frames: int, load_frame, key_masks: dict[int, torch.Tensor], B: int, *,
+                   backbone_batch: int, keep_all_memory: bool, mode=contextlib.nullcontext,
+                   on_event: Callable[[str, int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield every frame in order: key frames' stored outputs, the others tracked
+        with the memory bank (entries SAM-2 can no longer attend to are dropped)."""
+        sam = self.sam2_model
+        bank = run.bank
+
+        def encode(indices: Sequence[int]) -> FrameFeatures:
+            with mode():
+                return self.encode(torch.stack([load_frame(i) for i in indices]))
 
         others = [i for i in range(num_frames) if i not in key_masks]
         chunks = iter([others[a : a + backbone_batch] for a in range(0, len(others), backbone_batch)])
@@ -385,18 +528,42 @@ class GroundingEncoder(nn.Module):
                 ff = encode(chunk)
                 slot = {idx: j for j, idx in enumerate(chunk)}
             feats, pos = ff.frame(slot[i], B)
-            with self._autocast():
+            if on_event:
+                on_event("propagate", i)
+            with mode(), self._autocast():
                 out = sam.track_step(
                     frame_idx=i, is_init_cond_frame=False, current_vision_feats=feats,
                     current_vision_pos_embeds=pos, feat_sizes=ff.feat_sizes, point_inputs=None,
                     mask_inputs=None, output_dict=bank, num_frames=num_frames, run_mem_encoder=True,
                 )
-            bank["non_cond_frame_outputs"][i] = compact(out)
+            bank["non_cond_frame_outputs"][i] = run.compact(out)
             if not keep_all_memory:
                 for old in [t for t in bank["non_cond_frame_outputs"] if t <= i - history]:
                     del bank["non_cond_frame_outputs"][old]
             stats["max_bank_entries"] = max(stats["max_bank_entries"], len(bank["non_cond_frame_outputs"]))
             yield i, out["pred_masks"]
+
+
+class _Run:
+    """One tracking run's memory bank, in the layout SAM2Base reads."""
+
+    def __init__(self, encoder: GroundingEncoder, memory_in_bf16: bool):
+        self.bank: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        self.memory_in_bf16 = memory_in_bf16
+        self._pos_enc: list = []
+
+    def compact(self, out: dict) -> dict:
+        # What later frames read from the bank: memory features, their position
+        # encoding (identical for every frame, so shared), object pointer, score.
+        mem = out["maskmem_features"]
+        if self.memory_in_bf16:
+            mem = mem.to(torch.bfloat16)
+        if not self._pos_enc:
+            self._pos_enc.append(out["maskmem_pos_enc"])
+        return {
+            "maskmem_features": mem, "maskmem_pos_enc": self._pos_enc[0],
+            "obj_ptr": out["obj_ptr"], "object_score_logits": out["object_score_logits"],
+        }
 
 
 def upsample_logits(low_res: torch.Tensor, image_size: int, out_hw: tuple[int, int]) -> torch.Tensor:

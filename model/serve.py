@@ -50,7 +50,8 @@ EXTENSION = "refsav"  # request and response field that carries what OpenAI's sc
 EXTENSION_VERSION = 1
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 # Request options of the extension field, and the PredictOptions field each sets.
-EXTENSION_OPTIONS = {"key_frames": "key_frames", "num_key_frames": "num_key_frames", "sam2_norm": "sam2_norm"}
+EXTENSION_OPTIONS = {"key_frames": "key_frames", "num_key_frames": "num_key_frames", "sam2_norm": "sam2_norm",
+                     "inference": "inference"}
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
 
 log = logging.getLogger("refsav.serve")
@@ -289,7 +290,7 @@ def parse_request(raw: bytes, cfg: ServeConfig) -> ChatRequest:
     of frame data URLs) or `video_url` (a path under the media root)."""
     from refsav.schemas.io import parse_json
 
-    from .config import PredictOptions
+    from .config import DEFAULT_NUM_KEY_FRAMES, PredictOptions
 
     try:
         obj = parse_json(raw, file="request body")
@@ -341,6 +342,8 @@ def parse_request(raw: bytes, cfg: ServeConfig) -> ChatRequest:
     settings = {EXTENSION_OPTIONS[k]: v for k, v in ext.items() if k in EXTENSION_OPTIONS}
     if "num_key_frames" in settings:
         settings["num_key_frames"] = _int_field(settings, "num_key_frames", 5, 1, cfg.limits.max_frames)
+    elif settings.get("inference") in DEFAULT_NUM_KEY_FRAMES:
+        settings["num_key_frames"] = DEFAULT_NUM_KEY_FRAMES[settings["inference"]]
     try:
         options = PredictOptions(max_new_tokens=max_tokens, **settings)
     except RefsavError as err:
@@ -678,6 +681,8 @@ def _bind(host: str, port: int) -> socket.socket:
               help="Folder whose video files requests may name in video_url; nothing outside it is read.")
 @click.option("--desa2va-heads", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="DeSa2VA heads (refsav model train-heads): serve their fused masks instead of Sa2VA's.")
+@click.option("--sam2-original", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Sa2VA-i (requests with refsav.inference = sa2va-i): Meta's SAM-2 file of the original decoder.")
 @click.option("--model-name", default=None, help="Model id clients send [default: the checkpoint folder's name].")
 @click.option("--allow-pickle", is_flag=True, default=False,
               help="Also read pickle weight files, through torch.load(weights_only=True).")
@@ -695,11 +700,12 @@ def _bind(host: str, port: int) -> socket.socket:
               type=click.FloatRange(0, min_open=True), help="Seconds a request may take; then 504.")
 @click.option("--threads", default=None, type=click.IntRange(1), help="torch CPU threads of the model.")
 def serve_command(model_path: Path, host: str, port: int, device: str | None, dtype: str, api_key: str | None,
-                  media_root: Path | None, desa2va_heads: Path | None, model_name: str | None, allow_pickle: bool,
+                  media_root: Path | None, desa2va_heads: Path | None, sam2_original: Path | None,
+                  model_name: str | None, allow_pickle: bool,
                   max_batch: int, batch_wait_ms: float, max_frames: int, max_body_mb: int, max_tokens: int,
                   max_queue: int, timeout_s: float, threads: int | None) -> None:
     """Serve a Sa2VA checkpoint over an OpenAI-compatible HTTP API (docs/serve.md)."""
-    from .predict import DTYPES, _load_model, _with_heads
+    from .predict import DTYPES, _load_model, _with_heads, _with_sam2_original
 
     if not api_key and not is_loopback(host):
         raise RefsavError(f"refusing to listen on {host} without --api-key: anyone who reaches it could use the "
@@ -719,6 +725,10 @@ def serve_command(model_path: Path, host: str, port: int, device: str | None, dt
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     model = _load_model(str(model_path), DTYPES[dtype], device, allow_pickle)
+    if sam2_original is not None:
+        if not sam2_original.is_file():
+            raise SchemaError("SAM-2 file not found", file=sam2_original)
+        model = _with_sam2_original(model, str(sam2_original), None)
     if desa2va_heads is not None:
         model = _with_heads(model, str(desa2va_heads), None)
     limits = Limits(max_body_bytes=max_body_mb << 20, max_frames=max_frames, max_tokens=max_tokens,

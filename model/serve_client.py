@@ -18,7 +18,7 @@ from refsav.schemas.errors import RefsavError, SchemaError
 
 EXTENSION = "refsav"
 # PredictOptions fields a request can carry: max_new_tokens as max_tokens, the rest in the extension.
-SENT_OPTIONS = ("key_frames", "num_key_frames", "sam2_norm")
+SENT_OPTIONS = ("key_frames", "num_key_frames", "sam2_norm", "inference")
 
 
 @dataclass(frozen=True)
@@ -78,21 +78,30 @@ def served_model(url: str, name: str | None = None, api_key: str | None = None,
     return ServedModel(card.id, str(extra.get("dtype", "unknown")), str(extra.get("device", "unknown")))
 
 
-def remote_spec(spec_cls, server: str, model, api_key: str | None, protocol: str, key_frames: str,
-                num_key_frames: int, max_new_tokens: int, force_answer: str | None, desa2va_heads,
-                sam2_norm: str):
-    """The `RunSpec` of `refsav predict --server`: the served model's id, dtype and device
-    go in run.json (a resumed run against a server holding another model is refused);
-    the server is asked now, before OUT is touched."""
+def remote_spec(spec_cls, server: str, model, api_key: str | None, protocol: str, key_frames: str | None,
+                num_key_frames: int | None, max_new_tokens: int, force_answer: str | None, desa2va_heads,
+                sam2_norm: str, inference: str = "official", sam2_original=None):
+    """The `RunSpec` of `refsav predict --server`: the served model's id and dtype go in
+    run.json (a resumed run against a server holding another model is refused); the
+    server is asked now, before OUT is touched."""
+    from .config import DEFAULT_NUM_KEY_FRAMES
+
     if desa2va_heads is not None:
         raise RefsavError("with --server the heads are the server's: start it with refsav serve --desa2va-heads",
                           field="desa2va_heads")
+    if sam2_original is not None:
+        raise RefsavError("with --server the SAM-2 file is the server's: start it with refsav serve --sam2-original",
+                          field="sam2_original")
+    if inference == "sa2va-i" and key_frames is not None:
+        raise RefsavError("sa2va-i spreads its key frames from the first frame to the last; drop --key-frames "
+                          "(--num-key-frames sets how many)", field="key_frames")
     if not server.startswith(("http://", "https://")):
         raise RefsavError("expected an http:// or https:// URL", field="server")
     card = served_model(server, str(model) if model is not None else None, api_key)
     # device "server": the Dask executor must not reserve a GPU for a client.
-    return spec_cls(card.id, protocol, card.dtype, "server", key_frames, num_key_frames, max_new_tokens,
-                    force_answer, None, None, sam2_norm, False, server.rstrip("/"), api_key)
+    return spec_cls(card.id, protocol, card.dtype, "server", key_frames or "first",
+                    num_key_frames or DEFAULT_NUM_KEY_FRAMES[inference], max_new_tokens, force_answer, None, None,
+                    sam2_norm, False, inference=inference, server=server.rstrip("/"), api_key=api_key)
 
 
 def data_url(frame: Any) -> str:
