@@ -302,6 +302,9 @@ class PredictOptions:
     # for a still image under bf16, bf16 arithmetic) of the released code; "exact" =
     # float32 ImageNet statistics and arithmetic.
     sam2_norm: Sam2Norm = "official"
+    # Prompts of one image / video generated together by `Sa2VA.ground_batch` /
+    # `predict_batch` (left-padded). Changes speed and memory, not the results.
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.key_frames not in ("first", "uniform"):
@@ -310,6 +313,8 @@ class PredictOptions:
             raise RefsavError("must be >= 1", field="num_key_frames")
         if self.max_new_tokens < 0:
             raise RefsavError("must be >= 0", field="max_new_tokens")
+        if self.batch_size < 1:
+            raise RefsavError("must be >= 1", field="batch_size")
         if self.backbone_batch < 1:
             raise RefsavError("must be >= 1", field="backbone_batch")
         if self.sam2_norm not in SAM2_NORMS:
