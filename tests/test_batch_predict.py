@@ -274,3 +274,18 @@ def test_predict_results_equal_one_expression_at_a_time(tiny_dir, gt, tmp_path, 
     # The batch size is no setting of the results: a run resumes under another one.
     assert json.loads((batched / "run.json").read_text()) == json.loads((single / "run.json").read_text())
     assert "batch_size" not in json.loads((batched / "run.json").read_text())
+
+
+def test_gpu_benchmark_batching_variant_runs_on_cpu(tiny_dir):  # noqa: F811
+    """perf/bench_model_gpu.py --expressions: its batched vs one-at-a-time timing, on CPU."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "perf" / "bench_model_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_model_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.time_batching(load_sa2va(tiny_dir), "internvl-tiny", bench.SyntheticVideo(3, 32, 40), 3, "first", 1,
+                              lambda: None, False)
+    assert row["frames"] == 3 and row["expressions"] == 3 and row["masks_equal"] == "yes"
+    assert row["single_s"] > 0 and row["batched_s"] > 0
