@@ -239,6 +239,28 @@ class _Prefetch:
         return fut.result() if fut is not None else self.fn(i)
 
 
+class _SharedFrames:
+    """`encode_frames` for several SAM-2 tracks of one video run in lockstep: a chunk
+    of frames is loaded and encoded on its first request, and dropped once every
+    track has read it (the key frames first, then each chunk in turn)."""
+
+    def __init__(self, encoder: GroundingEncoder, load, users: int):
+        self.encoder, self.load, self.users = encoder, load, users
+        self.cache: dict[tuple[int, ...], list] = {}  # indices -> [features, reads left]
+        self.encoded = 0  # frames that went through the image encoder
+
+    def __call__(self, indices: Sequence[int]):
+        key = tuple(int(i) for i in indices)
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self.cache[key] = [self.encoder.encode(torch.stack([self.load(i) for i in key])), self.users]
+            self.encoded += len(key)
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.cache[key]
+        return entry[0]
+
+
 class Sa2VA:
     """Inference wrapper: model + tokenizer (+ processor for the Qwen family)."""
 
@@ -540,15 +562,27 @@ class Sa2VA:
         options: PredictOptions = PredictOptions(),
         *,
         first_seg_only: bool = False,
+        one_sam2_batch: bool = False,
     ) -> Iterator[tuple[int, list[np.ndarray]]]:
         """Track the [SEG] objects of several groundings of one video (from `ground_batch`)
-        as one SAM-2 batch: each frame is read, resized and encoded once for all of them.
+        in one pass over the frames: each frame is read, resized and encoded once for
+        all of them.
 
         Yields (frame index, [(n_k, H, W) bool per grounding k]) for every frame in
-        order; n_k is its number of [SEG] (at most 1 with `first_seg_only`, as
-        ref-VOS evaluation keeps only the first). Each grounding's SAM-2 prompts are
-        its own `seg_prompts`, as `predict` computes them. With no object at all,
-        SAM-2 does not run and every frame yields empty arrays.
+        order; n_k is its number of [SEG] (at most 1 with `first_seg_only`, as ref-VOS
+        evaluation keeps only the first). Each grounding's prompts are its own
+        `seg_prompts`, as `predict` computes them. With no object at all, SAM-2 does
+        not run and every frame yields empty arrays.
+
+        By default each grounding's objects form their own SAM-2 batch, as in `predict`,
+        fed by the shared image features: the masks are then those of `predict` bit for
+        bit. `one_sam2_batch` puts every object of the video into one batch instead
+        (fewer, larger kernel calls, for GPUs). Its masks agree with one grounding at
+        a time except for pixels whose logit lies within float rounding of the
+        threshold: on CPU a matrix product with fewer than 4 rows uses another kernel
+        than one with more, which changes the last bits (a few pixels per million
+        measured). The per-object work (memory attention, mask decoder, memory encoder)
+        is the same amount either way.
         """
         clip = video if isinstance(video, _Video) else _Video(video)
         counts, prompts = [], []
@@ -566,9 +600,32 @@ class Sa2VA:
         if len(keys) != 1:
             raise RefsavError(f"groundings of one batch must share their key frames, got {sorted(keys)}",
                               field="key_frames")
+        key_frames = next(iter(keys))
         bounds = np.cumsum([0, *counts])
-        for i, masks in self.track_masks(clip, torch.cat(prompts), next(iter(keys)), options):
-            yield i, [masks[bounds[k] : bounds[k + 1]] for k in range(len(counts))]
+        if one_sam2_batch:
+            for i, masks in self.track_masks(clip, torch.cat(prompts), key_frames, options):
+                yield i, [masks[bounds[k] : bounds[k + 1]] for k in range(len(counts))]
+            return
+        enc = self.model.grounding_encoder
+        keys_sorted = sorted(set(key_frames))
+        order = keys_sorted + [i for i in range(len(clip)) if i not in set(keys_sorted)]
+        with _Prefetch(lambda i: sam2_pixels(clip.pil(i), enc.image_size, options.sam2_norm), order) as load:
+            shared = _SharedFrames(enc, load, users=len(prompts))
+            streams = [
+                enc.track(len(clip), load, p, keys_sorted, memory_in_bf16=options.memory_in_bf16,
+                          backbone_batch=options.backbone_batch, encode_frames=shared)
+                for p in prompts
+            ]
+            owner = [k for k, n in enumerate(counts) if n]  # grounding of each stream
+            for i in range(len(clip)):
+                frame = [np.zeros((0, *clip.size), dtype=bool) for _ in counts]
+                for k, stream in zip(owner, streams):
+                    j, low_res = next(stream)
+                    assert j == i, (j, i)
+                    logits = upsample_logits(low_res, enc.image_size, clip.size)
+                    frame[k] = (logits > options.mask_threshold).cpu().numpy()
+                yield i, frame
+            self.last_frames_encoded = shared.encoded
 
     @torch.no_grad()
     def predict_batch(
@@ -585,15 +642,16 @@ class Sa2VA:
 
         The batched API (the server and `refsav predict` use it): the vision tower runs
         once on the key frames, the LLM generates `options.batch_size` answers at a
-        time (`ground_batch`), and SAM-2 segments every [SEG] of every answer as one
-        batch of objects (`track_batch`), so each frame is decoded and encoded once.
-        Returns one `Sa2VAPrediction` per prompt, in order; `answers[k]` forces prompt
-        k's answer as `predict(answer=...)` does.
+        time (`ground_batch`), and SAM-2 reads and encodes each frame once for every
+        [SEG] of every answer (`track_batch`; an image is encoded once). Returns one
+        `Sa2VAPrediction` per prompt, in order; `answers[k]` forces prompt k's answer
+        as `predict(answer=...)` does.
 
-        Results equal `predict` called once per prompt (text, [SEG] embeddings bit for
-        bit; masks are thresholded logits that may differ from a one-object SAM-2 run
-        in the last float bit, see docs/sa2va-checkpoints.md). Whole masklets of every
-        object are returned: for long videos stream `ground_batch` + `track_batch`.
+        Results equal `predict` called once per prompt: bit for bit with forced
+        answers; with generated ones the tokens are the same and the [SEG] states may
+        differ from `predict`'s before batching in the last float bits (see
+        `ground_batch`). Whole masklets of every object are returned: for long videos
+        stream `ground_batch` + `track_batch` instead.
         """
         clip = _Video(video) if video is not None else None
         groundings = self.ground_batch(texts, image=image, video=clip, options=options, answers=answers,
@@ -604,10 +662,15 @@ class Sa2VA:
             img = to_pil(image, where="image")
             masks = [np.zeros((n, 1, img.height, img.width), dtype=bool) for n in counts]
             if sum(counts):
-                every = self.segment_image(img, torch.cat(prompts), threshold=options.mask_threshold,
-                                           norm=options.sam2_norm)
-                bounds = np.cumsum([0, *counts])
-                masks = [every[bounds[k] : bounds[k + 1], None] for k in range(len(counts))]
+                # One image-encoder pass; each prompt's objects decoded as `segment_image` does.
+                enc = self.model.grounding_encoder
+                ff = enc.encode(self.sam2_image_pixels(img, options.sam2_norm)[None])
+                for k, p in enumerate(prompts):
+                    if counts[k]:
+                        feats, pos = ff.frame(0, counts[k])
+                        out = enc.prompt_frame(feats, pos, ff.feat_sizes, p, run_mem_encoder=False)
+                        logits = upsample_logits(out["pred_masks"], enc.image_size, (img.height, img.width))
+                        masks[k] = (logits > options.mask_threshold).cpu().numpy()[:, None]
         else:
             masks = [np.zeros((n, len(clip), *clip.size), dtype=bool) for n in counts]
             for i, per_grounding in self.track_batch(clip, groundings, options):

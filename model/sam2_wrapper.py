@@ -315,6 +315,7 @@ class GroundingEncoder(nn.Module):
         backbone_batch: int = 1,
         keep_all_memory: bool = False,
         key_frame_decoder: KeyFrameDecoder | None = None,
+        encode_frames: Callable[[Sequence[int]], FrameFeatures] | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (frame index, low-res mask logits (B, 1, 4h, 4w)) for every frame in order.
 
@@ -328,6 +329,10 @@ class GroundingEncoder(nn.Module):
         key frame is decoded (default: `decode` with `prompts`); what it returns is
         both the key frame's output and what enters the memory bank. B is still
         `prompts.shape[0]`. DeSa2VA uses it to track its fused text/vision masks.
+
+        `encode_frames(indices) -> FrameFeatures` replaces loading and encoding a chunk
+        of frames (`load_frame` is then unused): several tracks of one video share
+        one image-encoder pass per frame through it (`Sa2VA.track_batch`).
         """
         sam = self.sam2_model
         B = prompts.shape[0]
@@ -351,6 +356,8 @@ class GroundingEncoder(nn.Module):
             }
 
         def encode(indices: Sequence[int]) -> FrameFeatures:
+            if encode_frames is not None:
+                return encode_frames(indices)
             return self.encode(torch.stack([load_frame(i) for i in indices]))
 
         key_masks: dict[int, torch.Tensor] = {}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_model import one_thread, tiny_dir  # noqa: F401 - fixtures: one torch thread, the tiny InternVL Sa2VA
+import test_model
 from transformers import GenerationConfig, LogitsProcessorList
 
 import refsav.cli as root_cli
@@ -34,9 +34,13 @@ TEXTS = [f"<image>\nPlease segment {e}." for e in EXPRESSIONS]
 ANSWERS = ["Sure, [SEG].", "[SEG]", "It is [SEG] and [SEG] there.", "No.", "Sure, [SEG]."]
 OPTS = PredictOptions(num_key_frames=2, max_new_tokens=8)
 
+# Fixtures shared with tests/test_model.py: one torch thread, the tiny InternVL Sa2VA folder.
+one_thread = test_model.one_thread
+tiny_dir = test_model.tiny_dir
+
 
 @pytest.fixture(scope="module", params=["internvl", "qwen2.5-vl", "qwen3-vl"])
-def family(request, tiny_dir, tmp_path_factory):  # noqa: F811 - the fixture imported above
+def family(request, tiny_dir, tmp_path_factory):
     if request.param == "internvl":
         return load_sa2va(tiny_dir)
     out = tmp_path_factory.mktemp("batch") / request.param
@@ -121,6 +125,13 @@ def test_forced_answers_equal_one_at_a_time_bit_for_bit(family, video):
     for pred, ref in zip(preds, refs):
         assert_same(pred, ref)
         assert pred.key_frames == (0, 1)
+    # All objects of the video in one SAM-2 batch: the same masks up to pixels whose
+    # logits sit within float rounding of the threshold.
+    groundings = family.ground_batch(TEXTS, video=video, answers=ANSWERS, options=PredictOptions(num_key_frames=2))
+    frames = list(family.track_batch(video, groundings, OPTS, one_sam2_batch=True))
+    for k, ref in enumerate(refs):
+        got = np.stack([f[k] for _, f in frames], axis=1)
+        assert got.shape == ref[2].shape and (got.size == 0 or (got == ref[2]).mean() > 0.9999)
     # The batch size reaches only the LLM half; SAM-2 gets the same prompts whatever it is.
     for batch_size in (1, 8):
         groundings = family.ground_batch(TEXTS, video=video, answers=ANSWERS,
@@ -150,7 +161,7 @@ def test_generated_answers_batch_size_changes_nothing(family, video):
         assert_same(pred, ref, exact_embeddings=False)
 
 
-def test_vision_tower_and_sam2_encoder_run_once_per_video(tiny_dir, video):  # noqa: F811
+def test_vision_tower_and_sam2_encoder_run_once_per_video(tiny_dir, video):
     sa2va = load_sa2va(tiny_dir)
     calls = {"vit": 0, "sam2": 0}
 
@@ -174,7 +185,7 @@ def test_vision_tower_and_sam2_encoder_run_once_per_video(tiny_dir, video):  # n
     assert calls == {"vit": 1, "sam2": len(video)}
 
 
-def test_tracking_streams_and_keeps_bounded_memory(tiny_dir):  # noqa: F811
+def test_tracking_streams_and_keeps_bounded_memory(tiny_dir):
     sa2va = load_sa2va(tiny_dir)
     rng = np.random.default_rng(2)
     frames = [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(10)]
@@ -199,7 +210,7 @@ def test_tracking_streams_and_keeps_bounded_memory(tiny_dir):  # noqa: F811
     assert enc.last_track_stats["max_bank_entries"] <= enc._history()
 
 
-def test_image_prompts_in_one_batch(tiny_dir):  # noqa: F811
+def test_image_prompts_in_one_batch(tiny_dir):
     sa2va = load_sa2va(tiny_dir)
     image = np.random.default_rng(4).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     preds = sa2va.predict_batch(TEXTS, image=image, answers=ANSWERS, options=PredictOptions(batch_size=2))
@@ -210,7 +221,7 @@ def test_image_prompts_in_one_batch(tiny_dir):  # noqa: F811
         assert all(a.shape == (1, 50, 70) and np.array_equal(a, b) for a, b in zip(pred.masks, single.masks))
 
 
-def test_bfloat16_batched_within_tolerance(tiny_dir, video):  # noqa: F811
+def test_bfloat16_batched_within_tolerance(tiny_dir, video):
     half = load_sa2va(tiny_dir, dtype=torch.bfloat16)
     opts = PredictOptions(num_key_frames=2, batch_size=8)
     preds = half.predict_batch(TEXTS, video=video, answers=ANSWERS, options=opts)
@@ -224,7 +235,7 @@ def test_bfloat16_batched_within_tolerance(tiny_dir, video):  # noqa: F811
             assert (a == b).mean() > 0.99
 
 
-def test_bad_batches_are_one_line_errors(tiny_dir, video):  # noqa: F811
+def test_bad_batches_are_one_line_errors(tiny_dir, video):
     sa2va = load_sa2va(tiny_dir)
     assert sa2va.predict_batch([], video=video) == []
     with pytest.raises(RefsavError, match="2 answers for 1 prompts"):
@@ -253,7 +264,7 @@ class OneAtATime:
         self.predict = sa2va.predict
 
 
-def test_predict_results_equal_one_expression_at_a_time(tiny_dir, gt, tmp_path, monkeypatch):  # noqa: F811
+def test_predict_results_equal_one_expression_at_a_time(tiny_dir, gt, tmp_path, monkeypatch):
     def run(name, *extra):
         out = tmp_path / name
         args = ["predict", "--model", tiny_dir, "--protocol", "refsav", "--gt", gt, "--out", out, "--dtype", "fp32",
@@ -276,7 +287,7 @@ def test_predict_results_equal_one_expression_at_a_time(tiny_dir, gt, tmp_path, 
     assert "batch_size" not in json.loads((batched / "run.json").read_text())
 
 
-def test_gpu_benchmark_batching_variant_runs_on_cpu(tiny_dir):  # noqa: F811
+def test_gpu_benchmark_batching_variant_runs_on_cpu(tiny_dir):
     """perf/bench_model_gpu.py --expressions: its batched vs one-at-a-time timing, on CPU."""
     import importlib.util
     from pathlib import Path
