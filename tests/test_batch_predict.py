@@ -299,4 +299,6 @@ def test_gpu_benchmark_batching_variant_runs_on_cpu(tiny_dir):
     row = bench.time_batching(load_sa2va(tiny_dir), "internvl-tiny", bench.SyntheticVideo(3, 32, 40), 3, "first", 1,
                               lambda: None, False)
     assert row["frames"] == 3 and row["expressions"] == 3 and row["masks_equal"] == "yes"
+    # One SAM-2 batch for all objects may flip pixels within float rounding of the threshold.
+    assert row["one_batch_s"] > 0 and (row["one_batch_equal"] == "yes" or row["one_batch_equal"].endswith("differ"))
     assert row["single_s"] > 0 and row["batched_s"] > 0
