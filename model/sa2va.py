@@ -247,14 +247,12 @@ class _SharedFrames:
     def __init__(self, encoder: GroundingEncoder, load, users: int):
         self.encoder, self.load, self.users = encoder, load, users
         self.cache: dict[tuple[int, ...], list] = {}  # indices -> [features, reads left]
-        self.encoded = 0  # frames that went through the image encoder
 
     def __call__(self, indices: Sequence[int]):
         key = tuple(int(i) for i in indices)
         entry = self.cache.get(key)
         if entry is None:
             entry = self.cache[key] = [self.encoder.encode(torch.stack([self.load(i) for i in key])), self.users]
-            self.encoded += len(key)
         entry[1] -= 1
         if entry[1] == 0:
             del self.cache[key]
@@ -625,7 +623,6 @@ class Sa2VA:
                     logits = upsample_logits(low_res, enc.image_size, clip.size)
                     frame[k] = (logits > options.mask_threshold).cpu().numpy()
                 yield i, frame
-            self.last_frames_encoded = shared.encoded
 
     @torch.no_grad()
     def predict_batch(

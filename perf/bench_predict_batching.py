@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         gen_same = texts_same and flipped <= 1e-4 * pixels
 
     exps = args.videos * n_exp
+    shared = (loop_wall - batch_wall) / (n_exp - 1) / args.videos
+    per_object = (batch_wall / args.videos - shared) / n_exp
     lines = [
         f"Tiny random Sa2VA ({args.base}, SAM 2.1 Hiera-T at 256 px), CPU float32, {args.threads} torch thread(s); "
         f"{args.videos} video(s) x {args.frames} frames at {height}x{width}, {n_exp} expressions per video, "
@@ -228,6 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         "from `generate`'s decoding steps: they differ from the teacher-forced states the batched path uses "
         "in the last float bits, so a mask pixel whose logit is within ~1e-7 of the threshold can flip. Between "
         "batch sizes the batched path is identical bit for bit (tests/test_batch_predict.py).",
+        "",
+        f"Where the time goes: per video, one at a time = E x (shared + per-object), batched = shared + "
+        f"E x per-object, so shared = {shared:.1f} s and per-object = {per_object:.1f} s per expression "
+        f"(SAM-2 image encoder and frame reading vs memory attention, mask decoder and memory encoder, which run "
+        f"once per object and frame however they are batched). The per-object part caps the gain at "
+        f"(shared + per-object) / per-object = {(shared + per_object) / per_object:.1f}x however many expressions "
+        f"a video has; {n_exp} expressions reach {loop_wall / batch_wall:.1f}x. Short clips, where most frames are "
+        f"key frames, gain more (--quick: 4 frames).",
         "",
         f"Throughput: {exps / loop_wall:.2f} -> {exps / batch_wall:.2f} expressions/s "
         f"({exps * args.frames / loop_wall:.0f} -> {exps * args.frames / batch_wall:.0f} expression-frames/s).",
