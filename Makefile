@@ -33,6 +33,7 @@ test: $(BIN)/.installed
 perf: $(BIN)/.installed
 	$(BIN)/python perf/bench_scoring.py
 	$(BIN)/python perf/bench_annotate_overhead.py
+	$(BIN)/python perf/bench_predict_batching.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

@@ -312,6 +312,9 @@ class PredictOptions:
     # decoded by the fine-tuned decoder, tracked by the original SAM-2 decoder; the
     # model must then carry that decoder (refsav.model.sa2va_i).
     inference: InferenceMode = "official"
+    # Prompts of one image / video generated together by `Sa2VA.ground_batch` /
+    # `predict_batch` (left-padded). Changes speed and memory, not the results.
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.key_frames not in ("first", "uniform"):
@@ -320,6 +323,8 @@ class PredictOptions:
             raise RefsavError("must be >= 1", field="num_key_frames")
         if self.max_new_tokens < 0:
             raise RefsavError("must be >= 0", field="max_new_tokens")
+        if self.batch_size < 1:
+            raise RefsavError("must be >= 1", field="batch_size")
         if self.backbone_batch < 1:
             raise RefsavError("must be >= 1", field="backbone_batch")
         if self.sam2_norm not in SAM2_NORMS:

@@ -2,8 +2,10 @@
 
 Video protocols (refsav, mevis, revos, refdavis) read `meta_expressions*.json` and the
 frames beside it (`videos/<vid>/<frame>.jpg` for the Ref-SAV eval set,
-`JPEGImages/<vid>/<frame>.jpg` for MeViS / ReVOS), run `Sa2VA.predict` once per
-expression on the video's frames, and write:
+`JPEGImages/<vid>/<frame>.jpg` for MeViS / ReVOS), predict all of a video's
+expressions in one pass (`predict_video`: frames decoded and encoded once, answers
+generated `--batch-size` at a time, one SAM-2 batch; results as one
+`Sa2VA.predict` per expression), and write:
 
     OUT/run.json              the settings; a resumed run must use the same ones (a run
                               that fails before its first part removes it again)
@@ -85,6 +87,9 @@ class RunSpec:
     # `--server URL`: predict through `refsav serve` (model = the served model's id).
     server: str | None = None
     api_key: str | None = None  # the server's key; never written to run.json
+    # Expressions of a video generated together (PredictOptions.batch_size): speed and
+    # memory only, the results are the same, so run.json does not record it either.
+    batch_size: int = 8
 
     def settings(self) -> dict:
         """What run.json stores. The heads and SAM-2 file keys appear only when used, so
@@ -94,6 +99,7 @@ class RunSpec:
         out.pop("api_key")
         if self.server is None:
             out.pop("server")
+        out.pop("batch_size")
         if self.desa2va_heads is None:
             out.pop("desa2va_heads")
             out.pop("desa2va_heads_sha256")
@@ -107,7 +113,7 @@ class RunSpec:
 
         return PredictOptions(max_new_tokens=self.max_new_tokens, key_frames=self.key_frames,
                               num_key_frames=self.num_key_frames, sam2_norm=self.sam2_norm,
-                              inference=self.inference)
+                              inference=self.inference, batch_size=self.batch_size)
 
 
 def prompt_for(expression: str, *, image: bool = False) -> str:
@@ -235,30 +241,58 @@ def load_frames(video, frame_dir: Path) -> list:
 
 
 def predict_video(task: VideoTask) -> str:
-    """Predict every expression of one video and write its part; returns the video id."""
+    """Predict every expression of one video and write its part; returns the video id.
+
+    The video's expressions go through the model together (`Sa2VA.ground_batch` +
+    `track_batch`): frames decoded once, the vision tower once, answers generated
+    `--batch-size` at a time, and SAM-2 tracks the first [SEG] of every expression in
+    one pass over the frames, so each frame is encoded once. Masks are RLE-encoded frame
+    by frame as SAM-2 yields them, so the part never holds a video's masklets
+    uncompressed. Sa2VA-i, DeSa2VA heads and a `--server` model predict one expression
+    at a time.
+    """
     import numpy as np
 
     from refsav.schemas import rle as rle_ops
 
     video = task.video
     frames = load_frames(video, Path(task.frame_dir))
-    h, w = frames[0].height, frames[0].width
     sa2va = get_model(task.spec)
     opts = task.spec.options()
+    prompts = [prompt_for(exp.exp) for exp in video.expressions]
+    if hasattr(sa2va, "track_batch") and opts.inference == "official":
+        answers = None if task.spec.answer is None else [task.spec.answer] * len(prompts)
+        groundings = sa2va.ground_batch(prompts, video=frames, options=opts, answers=answers)
+        texts = [g.text for g in groundings]
+        rles: list[list] = [[] for _ in prompts]
+        empty = None
+        for _, per_expression in sa2va.track_batch(frames, groundings, opts, first_seg_only=True):
+            for k, masks in enumerate(per_expression):
+                if len(masks):
+                    rles[k].append(rle_ops.encode(masks[0]).to_json())
+                else:  # no [SEG]: an empty mask, as Sa2VA's evaluation writes
+                    if empty is None:
+                        empty = rle_ops.encode(np.zeros(masks.shape[1:], dtype=bool)).to_json()
+                    rles[k].append(empty)
+    else:
+        texts, rles = [], []
+        h, w = frames[0].height, frames[0].width
+        for prompt in prompts:
+            pred = sa2va.predict(prompt, video=frames, options=opts, answer=task.spec.answer)
+            # Sa2VA's ref-VOS evaluation keeps the first [SEG]'s masklet; no [SEG] = empty masks.
+            masks = pred.masks[0] if pred.masks else np.zeros((len(frames), h, w), dtype=bool)
+            texts.append(pred.text)
+            rles.append([rle_ops.encode(m).to_json() for m in masks])
     part: dict[str, Any] = {}
     for k, exp in enumerate(video.expressions):
-        prompt = prompt_for(exp.exp)
-        pred = sa2va.predict(prompt, video=frames, options=opts, answer=task.spec.answer)
-        # Sa2VA's ref-VOS evaluation keeps the first [SEG]'s masklet; no [SEG] = empty masks.
-        masks = pred.masks[0] if pred.masks else np.zeros((len(frames), h, w), dtype=bool)
         part[exp.exp_id] = {
             "index": task.index0 + k,
             "video_id": video.video_id,
             "exp_id": exp.exp_id,
-            "text_prediction": pred.text,
+            "text_prediction": texts[k],
             "frames": list(video.frames),
-            "exp": prompt,
-            "prediction_masks": [rle_ops.encode(m).to_json() for m in masks],
+            "exp": prompts[k],
+            "prediction_masks": rles[k],
         }
     atomic_write_json(task.part, part)
     return video.video_id
@@ -540,6 +574,10 @@ def predict_options(fn):
         click.option("--sam2-norm", default="official", show_default=True, type=click.Choice(["official", "exact"]),
                      help="SAM-2 input normalisation: official = the released code's bf16-rounded ImageNet mean/std "
                           "(reproduces its masks); exact = float32 ImageNet mean/std."),
+        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
+                     help="Video: expressions of a video whose answers the LLM generates together (one left-padded "
+                          "batch); every expression of the video shares its frames, vision features and SAM-2 pass "
+                          "whatever this is. Speed and memory only: results do not depend on it."),
         click.option("--allow-pickle", is_flag=True, default=False,
                      help="Also read pickle weight files (.bin/.pt/.pth), listed in the shard index or alone; "
                           "they are still loaded with torch.load(weights_only=True). Default: safetensors only."),
@@ -552,7 +590,8 @@ def predict_options(fn):
 def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: str | None,
           num_key_frames: int | None, max_new_tokens: int, force_answer: str | None, desa2va_heads: Path | None = None,
           allow_pickle: bool = False, sam2_norm: str = "official", inference: str = "official",
-          sam2_original: Path | None = None, server: str | None = None, api_key: str | None = None) -> RunSpec:
+          sam2_original: Path | None = None, server: str | None = None, api_key: str | None = None,
+          batch_size: int = 8) -> RunSpec:
     if server is not None:
         from .serve_client import remote_spec
 
@@ -587,7 +626,7 @@ def _spec(model_path: Path, protocol: str, device: str, dtype: str, key_frames: 
         heads, sha = str(desa2va_heads.resolve()), sha256_file(desa2va_heads)
     return RunSpec(str(model_path.resolve()), protocol, DTYPES[dtype], device, key_frames, num_key_frames,
                    max_new_tokens, force_answer, heads, sha, sam2_norm, allow_pickle, inference=inference,
-                   sam2_original=original, sam2_original_sha256=original_sha)
+                   sam2_original=original, sam2_original_sha256=original_sha, batch_size=batch_size)
 
 
 def _sa2va_i_checks(model_path: Path, key_frames, desa2va_heads, sam2_original: Path | None,
@@ -620,11 +659,13 @@ def _sa2va_i_checks(model_path: Path, key_frames, desa2va_heads, sam2_original: 
 def predict_from_options(model_path, protocol, gt, out, device, dtype, key_frames, num_key_frames, max_new_tokens,
                           force_answer, meta_name, frames, images, split, split_by, limit, workers,
                           scheduler, desa2va_heads=None, allow_pickle=False, sam2_norm="official",
-                          inference="official", sam2_original=None, server=None, api_key=None) -> PredictResult:
+                          inference="official", sam2_original=None, server=None, api_key=None,
+                          batch_size=8) -> PredictResult:
     import time
 
     spec = _spec(model_path, protocol, device, dtype, key_frames, num_key_frames, max_new_tokens, force_answer,
-                 desa2va_heads, allow_pickle, sam2_norm, inference, sam2_original, server, api_key)
+                 desa2va_heads, allow_pickle, sam2_norm, inference, sam2_original, server, api_key,
+                 batch_size)
     t0 = time.perf_counter()
     res = run_predict(spec, gt, out, meta_name=meta_name, frames=frames, images=images, split=split,
                       split_by=split_by, limit=limit, workers=workers, scheduler=scheduler)

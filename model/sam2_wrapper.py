@@ -377,6 +377,7 @@ class GroundingEncoder(nn.Module):
         backbone_batch: int = 1,
         keep_all_memory: bool = False,
         key_frame_decoder: KeyFrameDecoder | None = None,
+        encode_frames: Callable[[Sequence[int]], FrameFeatures] | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (frame index, low-res mask logits (B, 1, 4h, 4w)) for every frame in order.
 
@@ -390,15 +391,24 @@ class GroundingEncoder(nn.Module):
         key frame is decoded (default: `decode` with `prompts`); what it returns is
         both the key frame's output and what enters the memory bank. B is still
         `prompts.shape[0]`. DeSa2VA uses it to track its fused text/vision masks.
+
+        `encode_frames(indices) -> FrameFeatures` replaces loading and encoding a chunk
+        of frames (`load_frame` is then unused): several tracks of one video share
+        one image-encoder pass per frame through it (`Sa2VA.track_batch`).
         """
         B = prompts.shape[0]
         key_set = self._key_set(key_frames, num_frames)
         run = _Run(self, memory_in_bf16)
 
+        def encode(indices: Sequence[int]) -> FrameFeatures:
+            if encode_frames is not None:
+                return encode_frames(indices)
+            return self.encode(torch.stack([load_frame(i) for i in indices]))
+
         key_masks: dict[int, torch.Tensor] = {}
         for a in range(0, len(key_set), backbone_batch):
             chunk = key_set[a : a + backbone_batch]
-            ff = self.encode(torch.stack([load_frame(i) for i in chunk]))
+            ff = encode(chunk)
             for j, i in enumerate(chunk):
                 feats, pos = ff.frame(j, B)
                 if key_frame_decoder is None:
@@ -409,7 +419,7 @@ class GroundingEncoder(nn.Module):
                 key_masks[i] = out["pred_masks"]
                 run.bank["cond_frame_outputs"][i] = run.compact(out)
             del ff
-        yield from self._propagate(run, num_frames, load_frame, key_masks, B, backbone_batch=backbone_batch,
+        yield from self._propagate(run, num_frames, encode, key_masks, B, backbone_batch=backbone_batch,
                                    keep_all_memory=keep_all_memory)
 
     @staticmethod
@@ -496,20 +506,22 @@ class GroundingEncoder(nn.Module):
                 key_masks[i] = out["pred_masks"]
                 run.bank["cond_frame_outputs"][i] = run.compact(out)
             del tuned, own
-        yield from self._propagate(run, num_frames, load_frame, key_masks, batch, backbone_batch=backbone_batch,
-                                   keep_all_memory=keep_all_memory, mode=mode, on_event=on_event)
-
-    def _propagate(self, run: "_Run", num_frames: int, load_frame, key_masks: dict[int, torch.Tensor], B: int, *,
-                   backbone_batch: int, keep_all_memory: bool, mode=contextlib.nullcontext,
-                   on_event: Callable[[str, int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield every frame in order: key frames' stored outputs, the others tracked
-        with the memory bank (entries SAM-2 can no longer attend to are dropped)."""
-        sam = self.sam2_model
-        bank = run.bank
-
         def encode(indices: Sequence[int]) -> FrameFeatures:
             with mode():
                 return self.encode(torch.stack([load_frame(i) for i in indices]))
+
+        yield from self._propagate(run, num_frames, encode, key_masks, batch, backbone_batch=backbone_batch,
+                                   keep_all_memory=keep_all_memory, on_event=on_event, mode=mode)
+
+    def _propagate(self, run: "_Run", num_frames: int, encode: Callable[[Sequence[int]], FrameFeatures],
+                   key_masks: dict[int, torch.Tensor], B: int, *, backbone_batch: int, keep_all_memory: bool,
+                   mode=contextlib.nullcontext,
+                   on_event: Callable[[str, int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield every frame in order: key frames' stored outputs, the others tracked
+        with the memory bank (entries SAM-2 can no longer attend to are dropped).
+        `encode(indices)` gives the features of a chunk of non-key frames."""
+        sam = self.sam2_model
+        bank = run.bank
 
         others = [i for i in range(num_frames) if i not in key_masks]
         chunks = iter([others[a : a + backbone_batch] for a in range(0, len(others), backbone_batch)])

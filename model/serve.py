@@ -379,9 +379,15 @@ class Group:
 def predict_group(model, group: Group) -> list:
     """Predict every request of a group: one visual input, several prompts.
 
-    The only place the server calls the model. Today one `predict` per prompt; a model
-    method that takes the group's prompts in one pass replaces this line."""
+    The only place the server calls the model. Sa2VA takes the group's prompts in one
+    pass (`predict_batch`: the vision tower once, batched generation, each frame encoded
+    once; the same results as `predict` per prompt); DeSa2VA heads go one at a time."""
     v = group.visual
+    if hasattr(model, "predict_batch"):
+        return model.predict_batch([job.request.text for job in group.jobs],
+                                   image=None if v.is_video else v.frames[0],
+                                   video=list(v.frames) if v.is_video else None, options=group.options,
+                                   answers=[job.request.answer for job in group.jobs])
     return [model.predict(job.request.text, image=None if v.is_video else v.frames[0],
                           video=list(v.frames) if v.is_video else None, options=group.options,
                           answer=job.request.answer) for job in group.jobs]

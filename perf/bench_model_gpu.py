@@ -17,6 +17,16 @@ streams frames, so peak memory should stay flat as the video grows.
     python perf/bench_model_gpu.py --out perf/model_gpu.md
     python perf/bench_model_gpu.py --sizes 1b --frames 8,32 --objects 1,3   # quick look
 
+Batched vs one at a time (`--expressions E`, off by default): per (model, frames),
+E expressions of one video (forced answers) predicted one at a time (`ground` +
+`track_masks` per expression, as `refsav predict` did before batching) and in one
+pass (`ground_batch` with an LLM batch of E + `track_batch`: one vision-tower call,
+each frame encoded once for all E objects). Reported: seconds, expression-frames/s
+and peak GPU memory of each, the speed-up, and whether the masks agree.
+
+    python perf/bench_model_gpu.py --expressions 8 --batching-frames 8,32,128,256   # adds that table
+    python perf/bench_model_gpu.py --expressions 8 --frames '' --batching-frames 32  # only the batching table
+
 Needs CUDA: without it, exits at once with a message (status 2). `--cpu-smoke
 --sizes tiny` runs the same code on CPU to check the script itself.
 """
@@ -54,6 +64,59 @@ class SyntheticVideo:
         return frame
 
 
+def time_batching(sa2va, model: str, video: SyntheticVideo, expressions: int, key_frames: str, backbone_batch: int,
+                  sync, cuda: bool) -> dict:
+    """E expressions of one video, one at a time and batched (forced answers); masks are
+    compared frame by frame and dropped, so the table measures the model, not mask storage."""
+    import torch
+
+    from refsav.model.config import PredictOptions
+
+    opts = PredictOptions(key_frames=key_frames, backbone_batch=backbone_batch, batch_size=expressions)
+    texts = [f"<image>\nPlease segment the red square number {k}." for k in range(expressions)]
+    answers = ["Sure, [SEG]."] * expressions
+    n = len(video)
+
+    def measure(fn):
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        return out, time.perf_counter() - t0, (torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"))
+
+    def one_at_a_time():
+        # Per-frame masks of every expression, packed to bits to keep the comparison cheap.
+        got = [[None] * n for _ in texts]
+        for k, (text, answer) in enumerate(zip(texts, answers)):
+            g = sa2va.ground(text, video=video, options=opts, answer=answer)
+            for i, m in sa2va.track_masks(video, sa2va.model.seg_prompts(g.seg_hidden), g.key_frames, opts):
+                got[k][i] = np.packbits(m[0])
+        return got
+
+    def batched(one_sam2_batch: bool):
+        got = [[None] * n for _ in texts]
+        groundings = sa2va.ground_batch(texts, video=video, options=opts, answers=answers)
+        for i, per in sa2va.track_batch(video, groundings, opts, one_sam2_batch=one_sam2_batch):
+            for k, m in enumerate(per):
+                got[k][i] = np.packbits(m[0])
+        return got
+
+    def differ(a, b) -> str:
+        bad = sum(not np.array_equal(x, y) for rx, ry in zip(a, b) for x, y in zip(rx, ry))
+        return "yes" if bad == 0 else f"{bad} of {n * expressions} frames differ"
+
+    single, single_s, single_peak = measure(one_at_a_time)
+    batch, batched_s, batched_peak = measure(lambda: batched(False))
+    one, one_s, one_peak = measure(lambda: batched(True))
+    return {
+        "model": model, "frames": n, "expressions": expressions, "single_s": single_s, "batched_s": batched_s,
+        "one_batch_s": one_s, "single_peak_gib": single_peak, "batched_peak_gib": batched_peak,
+        "one_batch_peak_gib": one_peak, "masks_equal": differ(single, batch), "one_batch_equal": differ(single, one),
+    }
+
+
 def parse_list(text: str, cast=int) -> list:
     return [cast(t) for t in text.split(",") if t.strip()]
 
@@ -67,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolution", default="720x1280", help="frame HxW")
     ap.add_argument("--key-frames", default="first", choices=["first", "uniform"])
     ap.add_argument("--backbone-batch", type=int, default=1, help="frames per SAM-2 image-encoder batch")
+    ap.add_argument("--expressions", type=int, default=0,
+                    help="also time E expressions per video batched vs one at a time (0: off)")
+    ap.add_argument("--batching-frames", default="32,128", help="video lengths of the batching table")
     ap.add_argument("--workdir", default="perf/_model_ckpts", help="where the random checkpoints are written")
     ap.add_argument("--out", default=None, help="also write the Markdown table here")
     ap.add_argument("--cpu-smoke", action="store_true",
@@ -95,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     height, width = (int(v) for v in args.resolution.lower().split("x"))
     gpu = torch.cuda.get_device_name(device) if cuda else "CPU (smoke run)"
-    rows = []
+    rows, batch_rows = [], []
     for size in parse_list(args.sizes, str):
         folder = Path(args.workdir) / f"{args.base}-{size}"
         if not (folder / "config.json").is_file():
@@ -140,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                 r = rows[-1]
                 print(f"# {r['model']} T={n} obj={n_obj}: LLM {r['llm_s']:.2f}s SAM {r['sam_s']:.2f}s "
                       f"({r['sam_fps']:.1f} fps) peak {r['peak_gib']:.2f} GiB", file=sys.stderr)
+        if args.expressions > 0:
+            for n in parse_list(args.batching_frames):
+                batch_rows.append(time_batching(sa2va, f"{args.base}-{size}", SyntheticVideo(n, height, width),
+                                                args.expressions, args.key_frames, args.backbone_batch, sync, cuda))
+                r = batch_rows[-1]
+                print(f"# {r['model']} T={n} E={r['expressions']}: one at a time {r['single_s']:.2f}s, "
+                      f"batched {r['batched_s']:.2f}s ({r['single_s'] / r['batched_s']:.1f}x)", file=sys.stderr)
         del sa2va
         if cuda:
             torch.cuda.empty_cache()
@@ -156,6 +229,29 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['model']} | {r['frames']} | {r['objects']} | {r['llm_s']:.2f} | {r['sam_s']:.2f} | "
             f"{r['sam_fps']:.1f} | {r['total_fps']:.1f} | {r['peak_gib']:.2f} | {r['weights_gib']:.2f} |"
         )
+    if batch_rows:
+        lines += [
+            "",
+            f"Batched vs one at a time: {args.expressions} expressions of one video (forced answer \"Sure, [SEG].\"), "
+            f"LLM batch {args.expressions}, every expression's object in one SAM-2 batch.",
+            "",
+            "Batched: SAM-2 image features shared, each expression's object its own SAM-2 batch (the default, "
+            "masks equal to one at a time); one SAM-2 batch: all objects of the video in one batch.",
+            "",
+            "| model | frames | expressions | one at a time s | batched s | speed-up | one SAM-2 batch s | speed-up | "
+            "expr-frames/s one / batched / one batch | peak GiB one / batched / one batch | masks equal: batched, "
+            "one batch |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in batch_rows:
+            e, n = r["expressions"], r["frames"]
+            lines.append(
+                f"| {r['model']} | {n} | {e} | {r['single_s']:.2f} | {r['batched_s']:.2f} | "
+                f"{r['single_s'] / r['batched_s']:.1f}x | {r['one_batch_s']:.2f} | {r['single_s'] / r['one_batch_s']:.1f}x | "
+                f"{e * n / r['single_s']:.1f} / {e * n / r['batched_s']:.1f} / {e * n / r['one_batch_s']:.1f} | "
+                f"{r['single_peak_gib']:.2f} / {r['batched_peak_gib']:.2f} / {r['one_batch_peak_gib']:.2f} | "
+                f"{r['masks_equal']}, {r['one_batch_equal']} |"
+            )
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -106,12 +106,18 @@ def test_key_frame_indices_spread_from_first_to_last_frame(tiny, video):
 
     # The LLM sees exactly those frames, once each, in order (default N = 5).
     seen = []
-    real = tiny.llm_inputs
-    tiny.llm_inputs = lambda text, frames, is_video: seen.append(frames) or real(text, frames, is_video=is_video)
+    real = tiny.visual_context
+
+    def spy(**kw):
+        ctx = real(**kw)
+        seen.append(ctx.frames)  # what the vision tower ran on
+        return ctx
+
+    tiny.visual_context = spy
     try:
         g = tiny.ground(PROMPT, video=video, options=SA2VA_I, answer=ONE_SEG)
     finally:
-        del tiny.llm_inputs
+        del tiny.visual_context
     assert g.key_frames == (0, 1, 3, 4, 6) == llm_key_frames(7, 5)
     assert [np.asarray(f).tolist() for f in seen[0]] == [video[i].tolist() for i in g.key_frames]
 
@@ -445,3 +451,21 @@ def test_several_objects_track_as_one_batch_like_one_at_a_time(two, video):
     for k in range(2):
         alone = run(prompts[k : k + 1])
         assert all(torch.allclose(both[i][k], alone[i][0], atol=1e-3) for i in range(7))
+
+
+def test_batched_api_runs_sa2va_i_one_prompt_at_a_time(two, video):
+    """predict_batch (the server's and predict's path) must not track Sa2VA-i the official way."""
+    from refsav.schemas.errors import RefsavError
+
+    opts = PredictOptions(inference="sa2va-i", num_key_frames=3)
+    texts = [PROMPT, "<image>\nPlease segment the blue box."]
+    batched = two.predict_batch(texts, video=video, options=opts, answers=[ONE_SEG, "[SEG] and [SEG]"])
+    alone = [two.predict(texts[0], video=video, options=opts, answer=ONE_SEG),
+             two.predict(texts[1], video=video, options=opts, answer="[SEG] and [SEG]")]
+    assert [len(p.masks) for p in batched] == [1, 2]
+    for b, a in zip(batched, alone):
+        assert b.text == a.text and b.key_frames == a.key_frames == (0, 3, 6)
+        assert all(np.array_equal(x, y) for x, y in zip(b.masks, a.masks))
+    grounding = two.ground(PROMPT, video=video, options=opts, answer=ONE_SEG)
+    with pytest.raises(RefsavError, match="inference"):
+        next(two.track_batch(video, [grounding], opts))
