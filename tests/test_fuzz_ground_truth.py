@@ -311,11 +311,15 @@ class Outcome:
 def run_in_child(argv: list[str], cwd: Path, tmp: Path, out_files: Path) -> Outcome:
     """`refsav <argv>` in a forked child with an alarm and a memory ceiling."""
     stdout_path, stderr_path = out_files / "stdout", out_files / "stderr"
+    (out_files / "rss0").unlink(missing_ok=True)
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the child: never returns to pytest
         code = 3
         try:
+            # The forked child starts out resident with all of pytest's pages (models
+            # loaded by earlier tests included); the case is charged only what it adds.
+            (out_files / "rss0").write_text(str(_vm_rss()))
             signal.alarm(CASE_SECONDS)
             os.chdir(cwd)
             os.environ["TMPDIR"] = str(tmp)
@@ -348,15 +352,25 @@ def run_in_child(argv: list[str], cwd: Path, tmp: Path, out_files: Path) -> Outc
     _, status, usage = os.wait4(pid, 0)
     seconds = time.monotonic() - start
     code = os.waitstatus_to_exitcode(status)
+    rss0 = out_files / "rss0"
+    baseline = int(rss0.read_text()) if rss0.exists() else 0
     return Outcome(code, stdout_path.read_text(errors="replace"), stderr_path.read_text(errors="replace"),
-                   seconds, usage.ru_maxrss * 1024)
+                   seconds, max(0, usage.ru_maxrss * 1024 - baseline))
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _vm_size() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes("VmSize")
+
+
+def _vm_rss() -> int:
+    return _status_bytes("VmRSS")
 
 
 def snapshot(root: Path, skip: Path) -> dict[str, tuple]:
