@@ -6,7 +6,10 @@ mask_dict) turn files into these records and report bad input as a one-line
 `SchemaError` naming the file, the record and the field.
 """
 from .errors import RefsavError, SchemaError
-from .expression import Consistency, Expression, FileHash, PromptRef, Provenance
+from .expression import (
+    Confusable, Consistency, Expression, FileHash, GrounderIdentity, Grounding, GroundingScore, PromptRef,
+    Provenance,
+)
 from .predictions import ImagePrediction, QAPrediction, VideoPrediction
 from .rle import Rle
 from .scores import LeaderboardEntry, ScoreRecord
@@ -14,9 +17,13 @@ from .version import __version__
 from .video import Masklet, Video
 
 __all__ = [
+    "Confusable",
     "Consistency",
     "Expression",
     "FileHash",
+    "GrounderIdentity",
+    "Grounding",
+    "GroundingScore",
     "ImagePrediction",
     "LeaderboardEntry",
     "Masklet",

@@ -9,9 +9,13 @@ import pytest
 from pycocotools import mask as coco
 
 from refsav.schemas import (
+    Confusable,
     Consistency,
     Expression,
     FileHash,
+    GrounderIdentity,
+    Grounding,
+    GroundingScore,
     ImagePrediction,
     LeaderboardEntry,
     Masklet,
@@ -61,7 +65,19 @@ def make_records(rng):
             Expression(
                 "v1", 3, "the red ball that rolls left", ["the red ball", "red ball"], "a red ball", "on the left",
                 "it rolls left", Consistency(True, 1, "matches"), prov, ambiguous=True, ambiguous_with=[4],
-            )
+            ),
+            Expression(  # grounded: one short expression removed, one confusable object
+                "v1", 4, "the blue cup on the table", ["the cup"], "a blue cup", "on the table", "it stays",
+                Consistency(True, 1, "matches"),
+                dataclasses.replace(prov, grounder=GrounderIdentity("ckpt/", "3" * 64, "in-process", "official", "{}")),
+                grounding=Grounding(
+                    [0, 4, 8],
+                    [GroundingScore("the blue cup on the table", "long", 0.8125, 0.75, 0.875, True, 3, 0.5),
+                     GroundingScore("the cup", "short", 0.625, 0.5, 0.75, True, None, None),
+                     GroundingScore("a cup", "short", 0.25, 0.25, 0.25, False, 3, 0.375)],
+                    [Confusable(3, 0.5)],
+                ),
+            ),
         ],
         VideoPrediction: [VideoPrediction("v1", "0", [f"{i:05d}" for i in range(6)], rles, "Sure, [SEG].")],
         ImagePrediction: [ImagePrediction("s1", "img1", rles[0], no_target=None), ImagePrediction("s2", "img1", rles[1], True)],
