@@ -46,7 +46,7 @@ FIELDS = (
                    "SA-V root, with sha256), and the annotation stages that ran, in order."),
     ("ambiguous", "True when the expressions could also refer to another object of the video."),
     ("ambiguous_with", "Object ids of those other objects."),
-    ("category", "Stage 1's category word(s), lower case; empty when the model gave none."),
+    ("category", "Stage 1's category, one or more words in lower case; empty when the model gave none."),
     ("extra_answers", "Answers of annotation stages beyond the built-in ones, by stage name (key/value pairs)."),
     ("grounding", "What the grounding stage measured, or null when the row was annotated without a grounder: "
                   "`frames` segmented, `scores` (the long expression first, then every short one, including those "

@@ -510,7 +510,11 @@ def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def publish_command(data: Path, repo_id: str, folder: Path | None, private: bool, dry_run: bool, val_fraction: float,
                     split_seed: int, shard_rows: int, license_: str, attempts: int, allow_incomplete: bool,
                     card_note: str) -> None:
-    """Publish an annotation run as a Hugging Face dataset: Parquet splits, a dataset card, one commit."""
+    """Publish an annotation run as a Hugging Face dataset: Parquet splits, a dataset card, one commit.
+
+    When rows carry grounding (refsav annotate --grounder), the card shows a histogram of the kept
+    expressions' grounding J&F (grounding_jf.png beside it, and its bin counts as a table) and the
+    counts dropped, removed and flagged by grounding; otherwise it says that no grounder was used."""
     run = load_annotated(data, allow_incomplete=allow_incomplete)
     folder = folder or data / "hub"
     rule = SplitRule(val_fraction, split_seed)

@@ -144,7 +144,7 @@ def test_benchmark_selection_is_deterministic_balanced_and_unambiguous(fx, tmp_p
     a = export_benchmark(run, tmp_path / "a", select=7, seed=5, split="all")
     b = export_benchmark(run, tmp_path / "b", select=7, seed=5, split="all", workers=2)
     sel_a, sel_b = (json.loads((tmp_path / d / "selection.json").read_text())["objects"] for d in "ab")
-    assert sel_a == sel_b and a.objects == 7
+    assert sel_a == sel_b and a.objects == b.objects == 7
     assert (tmp_path / "a" / "mask_dict.json").read_bytes() == (tmp_path / "b" / "mask_dict.json").read_bytes()
     assert (tmp_path / "a" / "meta_expressions_valid.json").read_bytes() == (tmp_path / "b" / "meta_expressions_valid.json").read_bytes()
     chosen = {(o["video_id"], o["object_id"]) for o in sel_a}
