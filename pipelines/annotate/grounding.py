@@ -333,6 +333,7 @@ class GroundingRunner:
         self.meter = GroundingMeter()
         self._fingerprint = {"model": settings.grounder.fingerprint(), "options": settings.grounder.options()}
         self._grounder: tuple[Grounder, threading.Semaphore] | None = None
+        self._admit: asyncio.Semaphore | None = None
 
     def _get_grounder(self) -> tuple[Grounder, threading.Semaphore]:
         if self._grounder is None:
@@ -373,7 +374,13 @@ class GroundingRunner:
         missing = tuple(t for t in texts if t not in out)
         if not missing:
             return out
-        answers = await asyncio.to_thread(self._call, obj, frames, missing, size)
+        grounder, _ = await asyncio.to_thread(self._get_grounder)  # a model loads off the event loop
+        if self._admit is None:
+            self._admit = asyncio.Semaphore(max(1, int(grounder.concurrency)))
+        # Admitted before the frames are decoded: a shard's objects would otherwise all hold
+        # their decoded frames at once while they wait for the grounder.
+        async with self._admit:
+            answers = await asyncio.to_thread(self._call, obj, frames, missing, size)
         for t, masklet in zip(missing, answers):
             out[t] = masklet
             if self.cache is not None:
