@@ -328,6 +328,7 @@ def test_a_failing_grounder_loses_nothing_and_the_rerun_redoes_it(sav, vlm, tmp_
     assert summary.objects_kept == 0 and summary.objects_failed == summary.objects_seen > 0
     assert summary.objects_dropped == {GROUNDER_ERROR: summary.objects_seen}
     assert "cannot reach the stub" in summary.first_error and not summary.complete
+    assert summary.grounding.grounder.failed_calls == summary.objects_seen and summary.grounding.grounder.calls == 0
     # Nothing was cached for the failures; a working grounder on the same folder (a
     # policy that did not change) redoes every shard.
     fixed = AnnotateConfig(vlm=VLMSettings(backend="openai", model=vlm.model, base_url=vlm.base_url), stages=STAGES,

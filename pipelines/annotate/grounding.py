@@ -380,7 +380,15 @@ class GroundingRunner:
         # Admitted before the frames are decoded: a shard's objects would otherwise all hold
         # their decoded frames at once while they wait for the grounder.
         async with self._admit:
-            answers = await asyncio.to_thread(self._call, obj, frames, missing, size)
+            try:
+                answers, seconds = await asyncio.to_thread(self._call, obj, frames, missing, size)
+            except GrounderError:
+                self.meter.failed_calls += 1
+                raise
+        # Counted here, on the event loop: the calls run on several threads.
+        self.meter.calls += 1
+        self.meter.expressions += len(missing)
+        self.meter.seconds += seconds
         for t, masklet in zip(missing, answers):
             out[t] = masklet
             if self.cache is not None:
@@ -388,8 +396,9 @@ class GroundingRunner:
         return out
 
     def _call(self, obj: ObjectContext, frames: tuple[int, ...], texts: tuple[str, ...],
-              size: tuple[int, int]) -> list[list[Rle]]:
-        """In a worker thread: decode the frames, then one grounder call under the semaphore."""
+              size: tuple[int, int]) -> tuple[list[list[Rle]], float]:
+        """In a worker thread: decode the frames, then one grounder call under the semaphore;
+        the masklets and the seconds the call took."""
         import time
 
         from refsav.schemas.media import read_frames
@@ -407,14 +416,10 @@ class GroundingRunner:
                 answers = grounder.segment(GroundingRequest(obj.video_id, frames, images, texts)) if frames else \
                     [[] for _ in texts]
             except GrounderError:
-                self.meter.failed_calls += 1
                 raise
             except Exception as err:  # a model fault: one object's failure, said in one line
-                self.meter.failed_calls += 1
                 raise GrounderError(f"the grounder failed: {type(err).__name__}: {err}") from None
-        self.meter.calls += 1
-        self.meter.expressions += len(texts)
-        self.meter.seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         if len(answers) != len(texts) or any(len(a) != len(frames) for a in answers):
             raise GrounderError(f"the grounder answered {len(answers)} masklets for {len(texts)} expressions "
                                 f"of {len(frames)} frames")
@@ -422,7 +427,7 @@ class GroundingRunner:
             for r in a:
                 if tuple(r.size) != size:
                     raise GrounderError(f"the grounder answered masks of {list(r.size)}, the video is {list(size)}")
-        return answers
+        return answers, seconds
 
 
 class GroundExpressions:
