@@ -493,15 +493,21 @@ def test_through_refsav_serve_rows_match_the_scorer(serve_url, sav, vlm, tmp_pat
     assert (ident.model, ident.sha256, ident.endpoint) == ("tiny", "", serve_url)
 
 
-def test_on_a_dask_cluster_over_tcp(sav, vlm, tiny_dir, serve_url, tmp_path):
-    """CPU workers annotate while the grounder is a server; the run is the serve run's."""
+def test_on_a_dask_cluster_over_tcp(sav, vlm, tiny_dir, serve_url, in_process, tmp_path):
+    """CPU workers with the grounder behind `refsav serve`; then the checkpoint inside the
+    worker (the spec travels pickled, the worker loads the model): the in-process run's rows."""
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, silence_logs=40) as cluster:
-        out = tmp_path / "out"
-        proc = run(annotate_cmd(sav, out, vlm, serve_url, "--scheduler", cluster.scheduler_address))
+        served, local = tmp_path / "served", tmp_path / "local"
+        proc = run(annotate_cmd(sav, served, vlm, serve_url, "--scheduler", cluster.scheduler_address))
         assert proc.returncode == 0, proc.stderr[-3000:]
-    meta = json.loads((out / "run.json").read_text())
-    assert meta["executor"] == "dask" and meta["scheduler"] == cluster.scheduler_address
-    check_grounded_rows(out, sav, {"served_model": "tiny"})
+        proc = run(annotate_cmd(sav, local, vlm, f"sa2va:{tiny_dir}", "--grounder-device", "cpu",
+                                "--scheduler", cluster.scheduler_address))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for out in (served, local):
+        meta = json.loads((out / "run.json").read_text())
+        assert meta["executor"] == "dask" and meta["scheduler"] == cluster.scheduler_address
+    check_grounded_rows(served, sav, {"served_model": "tiny"})
+    assert comparable(rows(local)) == comparable(rows(in_process))
