@@ -405,7 +405,7 @@ def in_process(sav, vlm, tiny_dir, tmp_path_factory) -> Path:
 
 
 def test_in_process_sa2va_rows_match_the_scorer(in_process, sav, tiny_dir):
-    found = check_grounded_rows(in_process, sav, {"weights_sha256": weights_sha256(tiny_dir)})
+    found = check_grounded_rows(in_process, sav, {"weights_sha256": weights_sha256(tiny_dir), "dtype": "float32"})
     ident = found[0].provenance.grounder
     assert (ident.model, ident.endpoint) == (str(tiny_dir.resolve()), "in-process")
     assert ident.sha256 == weights_sha256(tiny_dir) == __import__("hashlib").sha256(
@@ -488,7 +488,7 @@ def test_through_refsav_serve_rows_match_the_scorer(serve_url, sav, vlm, tmp_pat
     out = tmp_path / "out"
     proc = run(annotate_cmd(sav, out, vlm, serve_url, "--workers", "1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    found = check_grounded_rows(out, sav, {"served_model": "tiny"})
+    found = check_grounded_rows(out, sav, {"served_model": "tiny", "dtype": "float32"})
     ident = found[0].provenance.grounder
     assert (ident.model, ident.sha256, ident.endpoint) == ("tiny", "", serve_url)
 
@@ -509,5 +509,5 @@ def test_on_a_dask_cluster_over_tcp(sav, vlm, tiny_dir, serve_url, in_process, t
     for out in (served, local):
         meta = json.loads((out / "run.json").read_text())
         assert meta["executor"] == "dask" and meta["scheduler"] == cluster.scheduler_address
-    check_grounded_rows(served, sav, {"served_model": "tiny"})
+    check_grounded_rows(served, sav, {"served_model": "tiny", "dtype": "float32"})
     assert comparable(rows(local)) == comparable(rows(in_process))

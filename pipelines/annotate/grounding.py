@@ -156,8 +156,7 @@ class GroundingSettings:
 
     def identity(self) -> GrounderIdentity:
         model, sha256, endpoint, inference = self.grounder.identity()
-        settings = json.dumps({"options": self.grounder.options(), **self.policy()}, sort_keys=True,
-                              separators=(",", ":"))
+        settings = json.dumps(self.public(), sort_keys=True, separators=(",", ":"))
         return GrounderIdentity(model=model, sha256=sha256, endpoint=endpoint, inference=inference, settings=settings)
 
 
