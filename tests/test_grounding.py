@@ -322,6 +322,35 @@ def test_stage_keeps_drops_and_trims_rows_with_a_stub_grounder(sav, vlm, tmp_pat
     assert comparable(rows(out2)) == comparable(rows(out))
 
 
+def test_auto_masklets_are_other_objects_with_masklets_both(sav, vlm, tmp_path):
+    """An auto masklet that duplicates a manual one (ids + 100) grounds as well as it: both
+    objects are flagged ambiguous with each other, with J&F 1 recorded."""
+    import dataclasses
+    import shutil
+
+    root = tmp_path / "sav"
+    shutil.copytree(sav, root)
+    for p in root.rglob("*_manual.json"):
+        d = json.loads(p.read_text())
+        d["masklet_id"] = [i + 100 for i in d["masklet_id"]]
+        d["masklet_type"] = ["auto"] * len(d["masklet_id"])
+        (p.parent / p.name.replace("_manual.json", "_auto.json")).write_text(json.dumps(d))
+    out = tmp_path / "out"
+    config = dataclasses.replace(stub_config(root, vlm, out), masklets="both")
+    annotate(root, out, config, InlineExecutor(), show_progress=False)
+    kept = {(e.video_id, e.object_id): e for e in rows(out)}
+    videos = sorted({p.name[: -len("_manual.json")] for p in root.rglob("*_manual.json")})
+    for video in videos:
+        first = min(masklets_of(root, video))
+        for oid, twin in ((first, first + 100), (first + 100, first)):
+            e = kept[(video, oid)]
+            assert e.grounding.scores[0].j_and_f == 1.0
+            assert e.ambiguous and twin in e.ambiguous_with
+            assert (twin, 1.0) in [(c.object_id, c.j_and_f) for c in e.grounding.confusable_with]
+            assert e.grounding.scores[0].best_other_id == twin
+    assert {k[1] for k in kept} == {min(masklets_of(root, v)) for v in videos} | {min(masklets_of(root, v)) + 100 for v in videos}
+
+
 def test_a_failing_grounder_loses_nothing_and_the_rerun_redoes_it(sav, vlm, tmp_path):
     out = tmp_path / "out"
     summary = annotate(sav, out, stub_config(sav, vlm, out, fail=True), InlineExecutor(), show_progress=False)
