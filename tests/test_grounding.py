@@ -379,6 +379,26 @@ def test_unreachable_grounder_is_one_line_and_non_zero(sav, vlm, tmp_path):
     assert proc.returncode != 0 and "checkpoint folder not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_server_that_is_no_grounder_fails_each_object_and_exits_1(sav, vlm, tmp_path):
+    """A plain VLM server given as --grounder answers without masks: every object fails
+    with grounder_error and its cause, the run exits 1 saying how to resume, and the
+    rerun asks the VLM nothing again."""
+    with FakeVLMServer() as not_a_grounder:
+        out = tmp_path / "out"
+        cmd = annotate_cmd(sav, out, vlm, not_a_grounder.base_url, "--workers", "1")
+        proc = run(cmd)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "first error: " in proc.stderr and "no refsav field" in proc.stderr
+        assert "rerun the same command" in proc.stderr and "Traceback" not in proc.stderr
+        s = json.loads((out / "run.json").read_text())["summary"]
+        assert s["objects_dropped"] == {GROUNDER_ERROR: s["objects_seen"]} and s["objects_kept"] == 0
+        assert s["grounding"]["grounder"]["failed_calls"] == s["objects_seen"]
+        again = run(cmd)
+        assert again.returncode == 1
+        s = json.loads((out / "run.json").read_text())["summary"]
+        assert s["shards_resumed"] == 0 and s["vlm"]["calls"] == 0 and s["vlm"]["cache_hits"] > 0
+
+
 # ----------------------------------------------------------------------------- end to end with a tiny Sa2VA
 
 
