@@ -34,6 +34,7 @@ perf: $(BIN)/.installed
 	$(BIN)/python perf/bench_scoring.py
 	$(BIN)/python perf/bench_annotate_overhead.py
 	$(BIN)/python perf/bench_predict_batching.py
+	$(BIN)/python perf/bench_annotate_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
