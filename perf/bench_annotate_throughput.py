@@ -358,6 +358,7 @@ class TreeCPU:
 @dataclass
 class RunResult:
     workers: int
+    shard_size: int
     max_in_flight: int
     objects_seen: int
     objects_kept: int
@@ -415,7 +416,7 @@ def run_annotate(data: Path, out: Path, vlm: ServerProcess, grounder: ServerProc
     g_log = grounder.log()[0][len(g_before):] if grounder else None
     g = summary.get("grounding") or {}
     return RunResult(
-        workers=workers, max_in_flight=max_in_flight,
+        workers=workers, shard_size=shard_size, max_in_flight=max_in_flight,
         objects_seen=summary["objects_seen"], objects_kept=summary["objects_kept"],
         dropped=summary["objects_dropped"], vlm_calls=summary["vlm"]["calls"],
         vlm_failed=summary["vlm"]["failed_calls"], server_requests=len(log),
@@ -569,9 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objects", type=int, default=6, help="objects per video")
     ap.add_argument("--frames", type=int, default=96, help="frames per clip at 24 fps")
     ap.add_argument("--size", default="1280x720")
-    ap.add_argument("--workers", default="1,2", help="worker counts to run, comma-separated")
+    ap.add_argument("--runs", default="1:8,2:8,2:24",
+                    help="WORKERS:SHARD_SIZE pairs, comma-separated (8 = refsav annotate's default shard size)")
     ap.add_argument("--max-in-flight", type=int, default=None, help="per worker (default: --slots)")
-    ap.add_argument("--shard-size", type=int, default=8, help="videos per shard (refsav annotate's default)")
     ap.add_argument("--grounder", choices=("auto", "off"), default="auto",
                     help="auto: also run with a simulated grounder when refsav annotate has --grounder")
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip the sampled 1-worker run")
@@ -590,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         args.latency, args.slots, args.grounder_latency, args.grounder_slots = 0.05, 8, 0.05, 4
         args.profile = args.overhead = False
     width, height = (int(v) for v in args.size.split("x"))
-    worker_counts = [int(w) for w in args.workers.split(",")]
+    plan = [tuple(int(v) for v in pair.split(":")) for pair in args.runs.split(",")]
     mif = args.max_in_flight or args.slots
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -617,22 +618,22 @@ def main(argv: list[str] | None = None) -> int:
         grounded: list[RunResult] = []
         profile = None
         try:
-            for w in worker_counts:
-                r = run_annotate(clips, tmp / f"out_w{w}", vlm, None, w, mif, args.shard_size)
+            for w, shard in plan:
+                r = run_annotate(clips, tmp / f"out_w{w}_s{shard}", vlm, None, w, mif, shard)
                 runs.append(r)
-                print(f"workers={w}: {r.vlm.steady_rps:.1f} req/s steady ({r.vlm.steady_rps / vlm.capacity:.0%} of "
+                print(f"workers={w} shard-size={shard}: {r.vlm.steady_rps:.1f} req/s steady ({r.vlm.steady_rps / vlm.capacity:.0%} of "
                       f"{vlm.capacity:.0f}), {r.vlm.whole_rps:.1f} whole run; {r.objects_kept}/{r.objects_seen} objects; "
                       f"client {r.vlm_calls} requests, server {r.server_requests}; CPU {r.cpu_ms_per_object:.1f} ms/object",
                       flush=True)
             if grounder is not None:
-                for w in worker_counts:
-                    r = run_annotate(clips, tmp / f"out_g{w}", vlm, grounder, w, mif, args.shard_size)
+                for w, shard in plan:
+                    r = run_annotate(clips, tmp / f"out_g{w}_s{shard}", vlm, grounder, w, mif, shard)
                     grounded.append(r)
-                    print(f"workers={w} + grounder: {r.vlm.steady_rps:.1f} VLM req/s steady, grounder "
+                    print(f"workers={w} shard-size={shard} + grounder: {r.vlm.steady_rps:.1f} VLM req/s steady, grounder "
                           f"{r.grounder.steady_rps:.1f} req/s of {grounder.capacity:.0f}; CPU "
                           f"{r.cpu_ms_per_object:.1f} ms/object", flush=True)
             if args.profile:
-                profile = profile_run(clips, tmp / "out_profile", vlm, mif, args.shard_size)
+                profile = profile_run(clips, tmp / "out_profile", vlm, mif, plan[0][1])
                 print(f"profiled 1-worker run: {profile.wall_s:.1f} s, CPU {profile.cpu_s:.1f} s", flush=True)
         finally:
             vlm.close()
@@ -664,93 +665,117 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _gaps(r: RunResult, capacity_slots: int) -> int:
+    """Half-second bins of the steady part where the server held fewer than half its slots."""
+    bins = r.timeline[2:-4]
+    return sum(h < capacity_slots / 2 for _, h, _ in bins)
+
+
 def render_report(args, width, height, capacity, mif, runs, grounded, use_grounder, grounder, profile, overhead,
                   gen_s, total_s, load_start) -> list[str]:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "## End-to-end annotation throughput against a simulated VLM server (`perf/bench_annotate_throughput.py`)",
+        "## End-to-end annotation throughput against a simulated VLM server",
         "",
         f"`make perf` (or `.venv/bin/python perf/bench_annotate_throughput.py`). Run {now} on {os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}), shared with other jobs: 1-minute load average "
-        f"{load_start:.1f} at the start; each run's load is in the table.",
+        f"{load_start:.1f} at the start; each run's load is in its row.",
         "",
         f"Simulated VLM: an OpenAI-compatible HTTP server in its own process on 127.0.0.1, {args.latency:g} s per "
         f"request and {args.slots} slots (capacity **{capacity:.0f} requests/s**); requests beyond the slots queue. "
-        "It answers each stage in the format the prompt asks for, so no object is dropped or retried. "
-        f"Workload: {args.videos} synthetic SA-V-like clips, {width}x{height} H.264, {args.frames} frames at 24 fps "
-        f"({args.frames / 24:.1f} s), a masklet every 4th frame (6 fps, as SA-V), {args.objects} objects per clip "
-        f"= {args.videos * args.objects} objects, 5 requests each. `refsav annotate --workers N --max-in-flight {mif} "
-        f"--shard-size {args.shard_size}` (the CLI as a user runs it; 1 worker runs in the CLI's process, 2 are a "
-        "Dask LocalCluster); a fresh output folder (and request cache) per run.",
+        "It answers each stage in the format its prompt asks for, so no object is dropped or retried. "
+        f"Workload: {args.videos} synthetic SA-V-like clips (`refsav.pipelines.sample`), {width}x{height} H.264, "
+        f"{args.frames} frames at 24 fps ({args.frames / 24:.1f} s), a masklet every 4th frame (6 fps, as SA-V), "
+        f"{args.objects} objects per clip = {args.videos * args.objects} objects, 5 requests each. The CLI as a user "
+        f"runs it: `refsav annotate --workers N --max-in-flight {mif} --shard-size S` (1 worker runs in the CLI's "
+        "process, 2 are a Dask LocalCluster), a fresh output folder and request cache per run.",
         "",
-        "| workers | VLM requests/s, steady (share of capacity) | slots busy, steady | whole run requests/s | "
-        "objects kept | requests: client / server | wall s | CPU ms/object (annotate + workers) | load before/after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | shard size (videos) | VLM requests/s, steady (share of capacity) | slots busy, steady | whole run "
+        "requests/s | objects kept | requests: client / server | wall s | CPU ms/object: all (CLI + workers) | "
+        "load before/after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
+        n = max(1, r.objects_kept)
         lines.append(
-            f"| {r.workers} | **{r.vlm.steady_rps:.1f}** ({r.vlm.steady_rps / capacity:.0%}) | {r.vlm.steady_busy:.0%} "
-            f"| {r.vlm.whole_rps:.1f} ({r.vlm.whole_rps / capacity:.0%}) | {r.objects_kept}/{r.objects_seen} "
-            f"| {r.vlm_calls} / {r.server_requests} | {r.wall_s:.1f} | {r.cpu_ms_per_object:.1f} "
-            f"({1000 * r.cpu_s['annotate'] / max(1, r.objects_kept):.1f} + "
-            f"{1000 * r.cpu_s['children'] / max(1, r.objects_kept):.1f}) | {r.load_before:.1f}/{r.load_after:.1f} |")
+            f"| {r.workers} | {r.shard_size} | **{r.vlm.steady_rps:.1f}** ({r.vlm.steady_rps / capacity:.0%}) "
+            f"| {r.vlm.steady_busy:.0%} | {r.vlm.whole_rps:.1f} ({r.vlm.whole_rps / capacity:.0%}) "
+            f"| {r.objects_kept}/{r.objects_seen} | {r.vlm_calls} / {r.server_requests} | {r.wall_s:.1f} "
+            f"| {r.cpu_ms_per_object:.1f} ({1000 * r.cpu_s['annotate'] / n:.1f} + {1000 * r.cpu_s['children'] / n:.1f}) "
+            f"| {r.load_before:.1f}/{r.load_after:.1f} |")
     lines += [
         "",
-        "Steady: the middle 80% of the answers (the 10th to the 90th percentile of their times), which leaves out "
-        "the ramp-up (first renders, the cluster's first task) and the drain of the last objects; whole run: first "
-        "request to last answer. The server process's own CPU is not counted in CPU/object.",
+        "Steady: the middle 80% of the answers (from the 10th to the 90th percentile of their times), leaving out "
+        "the ramp-up and the drain of the last objects; whole run: first request to last answer. CPU: the annotate "
+        "process and its children (Dask workers), start-up and imports included; the server's CPU is not counted.",
+        "",
     ]
-    two = next((r for r in runs if r.workers == 2), None)
-    if two is not None:
-        share = two.vlm.steady_rps / capacity
-        verdict = "met" if share >= TARGET_SHARE else "MISSED"
-        lines += ["", f"**Target: at least {TARGET_SHARE:.0%} of the VLM server's capacity with 2 workers: {verdict}** "
-                      f"({share:.0%} steady, {two.vlm.whole_rps / capacity:.0%} over the whole run)."]
+    for r in runs:
+        if r.workers == 2:
+            share = r.vlm.steady_rps / capacity
+            lines.append(f"- **Target: at least {TARGET_SHARE:.0%} of capacity with 2 workers, shard size "
+                         f"{r.shard_size}: {'met' if share >= TARGET_SHARE else 'MISSED'}** ({share:.0%} steady, "
+                         f"{r.vlm.whole_rps / capacity:.0%} whole run; {_gaps(r, args.slots)} half-second bins of "
+                         "the steady part with fewer than half the slots busy).")
+    lines += [
+        "",
+        "Why (the server's timeline, in the JSON): a worker runs one shard at a time. Each shard ends with its last "
+        "answers and starts with its first videos rendering, and no request of that worker is in flight in between. "
+        "Two workers with equal shards finish together, so their gaps line up: with 8-video shards the server idles "
+        "for about 1.5 s every 8 s. Bigger shards leave fewer gaps. So do more requests in flight per worker, as long "
+        "as one worker alone can fill the server. Note `--max-in-flight` defaults to 8 per worker: at 0.5 s per "
+        f"request that caps 2 workers at 32 requests/s, half of this server, whatever the CPU. The runs here "
+        f"use {mif}.",
+    ]
     if profile is not None:
         busy = sum(profile.busy_s.values())
+        per_obj = 1000 * profile.cpu_s / max(1, profile.objects)
         lines += [
             "",
-            f"Where the time goes (a 1-worker run in the benchmark's process, inline executor, every thread's stack "
-            f"sampled every 5 ms; busy thread-seconds by what the innermost recognised frame is doing, waiting on "
-            f"sockets, locks and queues left out): {profile.objects} objects in {profile.wall_s:.1f} s, process CPU "
-            f"{profile.cpu_s:.1f} s = {1000 * profile.cpu_s / max(1, profile.objects):.1f} ms/object.",
+            f"Where the time goes: a 1-worker run (shard size {runs[0].shard_size if runs else '-'}) in the "
+            f"benchmark's own process, with the inline executor. {profile.objects} objects in {profile.wall_s:.1f} s, "
+            f"process CPU {profile.cpu_s:.1f} s = **{per_obj:.1f} ms/object**. Every thread's stack was sampled every "
+            "5 ms and named by the innermost frame that matches a rule below. Threads waiting on sockets, locks or "
+            "queues are left out. The CPU column splits the measured CPU by those shares. Python samples cannot tell "
+            "time spent waiting for the GIL from time spent working.",
             "",
-            "| activity | busy thread-s | ms/object | share |",
-            "|---|---:|---:|---:|",
+            "| activity | share of busy samples | ≈ CPU ms/object |",
+            "|---|---:|---:|",
         ]
         for k, v in sorted(profile.busy_s.items(), key=lambda kv: -kv[1]):
-            lines.append(f"| {k} | {v:.1f} | {1000 * v / max(1, profile.objects):.1f} | {v / max(busy, 1e-9):.0%} |")
-        lines += ["", f"The run's own stats: rendering (decode to JPEGs, in a thread) {profile.render_wall_s:.1f} s wall "
-                      f"in all; answered requests {profile.vlm_wait_s:.1f} request-seconds in all "
-                      f"({profile.vlm_wait_s / max(1, profile.objects):.2f} s/object: the simulated latency plus the "
-                      "queue for a slot)."]
+            lines.append(f"| {k} | {v / max(busy, 1e-9):.0%} | {per_obj * v / max(busy, 1e-9):.1f} |")
+        lines += ["", f"The run's own stats: preparing videos (reading, decoding, rendering, JPEG; in a thread) took "
+                      f"{profile.render_wall_s:.1f} s of wall time in all. The answered requests took "
+                      f"{profile.vlm_wait_s:.1f} request-seconds, {profile.vlm_wait_s / max(1, profile.objects):.2f} "
+                      "s/object: the simulated latency plus the wait for a slot."]
     lines.append("")
     if use_grounder and grounded:
-        lines += [f"With a simulated grounder (`--grounder`; `refsav serve` protocol, {args.grounder_latency:g} s and "
-                  f"{args.grounder_slots} slots = {grounder.capacity:.0f} requests/s; empty masks of the frame's size, "
-                  "`--min-grounding 0` so that every row is kept):", "",
-                  "| workers | VLM requests/s, steady | grounder requests/s, steady (share of its capacity) | "
-                  "grounder requests | wall s | CPU ms/object |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"With a simulated grounder (`--grounder URL`). It speaks the `refsav serve` protocol, takes "
+                  f"{args.grounder_latency:g} s per request and has {args.grounder_slots} slots = "
+                  f"{grounder.capacity:.0f} requests/s. It answers empty masks of the frame's size, and "
+                  "`--min-grounding 0` keeps every row:", "",
+                  "| workers | shard size | VLM requests/s, steady | grounder requests/s, steady (share of its "
+                  "capacity) | grounder requests | wall s | CPU ms/object |", "|---:|---:|---:|---:|---:|---:|---:|"]
         for r in grounded:
-            lines.append(f"| {r.workers} | {r.vlm.steady_rps:.1f} ({r.vlm.steady_rps / capacity:.0%}) | "
-                         f"{r.grounder.steady_rps:.1f} ({r.grounder.steady_rps / grounder.capacity:.0%}) | "
+            lines.append(f"| {r.workers} | {r.shard_size} | {r.vlm.steady_rps:.1f} ({r.vlm.steady_rps / capacity:.0%}) "
+                         f"| {r.grounder.steady_rps:.1f} ({r.grounder.steady_rps / grounder.capacity:.0%}) | "
                          f"{r.grounder.requests} | {r.wall_s:.1f} | {r.cpu_ms_per_object:.1f} |")
     else:
-        lines.append("Grounder: not measured. `refsav annotate` has no `--grounder` option in this checkout; the "
-                     "benchmark starts its simulated grounder (the `refsav serve` protocol: chat completions whose "
-                     "`refsav` field carries one COCO RLE per frame) and adds a grounded run as soon as the option "
-                     "exists.")
+        lines.append("Grounder: not measured. This checkout's `refsav annotate` has no `--grounder` option. The "
+                     "benchmark already has a simulated grounder: the `refsav serve` protocol, chat completions whose "
+                     "`refsav` field carries one COCO RLE per frame. It adds a grounded run for each row above once "
+                     "the option exists.")
     lines.append("")
     if overhead is not None:
         ok_d = overhead["decode_ratio"] <= DECODE_RATIO_TARGET
         ok_w = overhead["work_ms_per_object"] <= WORK_MS_TARGET
         lines.append(
-            f"Per-object targets at 1080p, rechecked with `perf/bench_annotate_overhead.py`'s own timing functions on "
-            f"its default workload ({overhead['videos']} videos, {overhead['objects']} objects, one thread, median of "
-            f"{overhead['repeats']}; that script's section above has the breakdown): decode "
+            f"Per-object targets at 1080p, rechecked here with `perf/bench_annotate_overhead.py`'s own timing "
+            f"functions. The workload is that script's default ({overhead['videos']} videos, {overhead['objects']} "
+            f"objects, one thread, median of {overhead['repeats']}); its own section has the breakdown. Decode takes "
             f"{overhead['decode_ms_per_video']:.0f} ms/video against FFmpeg's floor of "
             f"{overhead['floor_ms_per_video']:.0f} ms = **{overhead['decode_ratio']:.2f}x** (target <= "
-            f"{DECODE_RATIO_TARGET}x: {'met' if ok_d else 'MISSED'}); per-object work without decode "
+            f"{DECODE_RATIO_TARGET}x: {'met' if ok_d else 'MISSED'}). Per-object work without decode is "
             f"**{overhead['work_ms_per_object']:.1f} ms** (target <= {WORK_MS_TARGET:.0f} ms: "
             f"{'met' if ok_w else 'MISSED'}).")
         lines.append("")

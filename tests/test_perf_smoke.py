@@ -40,7 +40,8 @@ def test_bench_annotate_throughput_quick_annotates_every_object():
     and the requests the client counted are the requests the server answered."""
     readme_before = README.read_bytes() if README.exists() else None
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "perf" / "bench_annotate_throughput.py"), "--quick", "--grounder", "off"],
+        [sys.executable, str(ROOT / "perf" / "bench_annotate_throughput.py"), "--quick", "--grounder", "off",
+         "--runs", "1:2,2:2"],
         cwd=ROOT,
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
         capture_output=True,
@@ -49,8 +50,8 @@ def test_bench_annotate_throughput_quick_annotates_every_object():
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    runs = re.findall(r"^workers=(\d): ([\d.]+) req/s steady .*?; (\d+)/(\d+) objects; client (\d+) requests, "
-                      r"server (\d+)", proc.stdout, re.MULTILINE)
+    runs = re.findall(r"^workers=(\d) shard-size=\d+: ([\d.]+) req/s steady .*?; (\d+)/(\d+) objects; "
+                      r"client (\d+) requests, server (\d+)", proc.stdout, re.MULTILINE)
     assert [r[0] for r in runs] == ["1", "2"], proc.stdout
     for _, rps, kept, seen, client, server in runs:
         assert int(seen) == 18 and int(kept) == 18  # 6 clips x 3 objects, none dropped or failed
