@@ -13,7 +13,7 @@ import click
 SECTIONS = {
     "Data": {
         "sample": ("refsav.pipelines.sample", "sample_command", "Generate a synthetic SA-V sample and its Ref-SAV benchmark split."),
-        "annotate": ("refsav.pipelines.annotate.cli", "annotate_command", "Describe SA-V masklets with a VLM (3 stages) into Parquet shards."),
+        "annotate": ("refsav.grounding", "annotate_command", "Describe SA-V masklets with a VLM (3 stages) into Parquet shards."),
         "publish": ("refsav.pipelines.publish", "publish_command", "Publish an annotation run as a Hugging Face dataset (card, splits)."),
         "export": ("refsav.pipelines.export", "export_group", "Write Ref-SAV training JSON or a Ref-SAV-style benchmark from a run."),
         "validate": ("refsav.pipelines.validate", "validate_command", "Check SA-V, Ref-SAV, benchmark, Parquet and mp4 files."),

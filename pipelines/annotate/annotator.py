@@ -13,6 +13,7 @@ from refsav.schemas.errors import RefsavError
 from refsav.schemas.expression import Consistency, Expression, Provenance
 
 from ..vlm.base import GenerationConfig, VLMBackend, VLMError, VLMRequest
+from .grounding import GroundingRunner
 from .prompts import PromptSet
 from .records import VLM_ERROR, DroppedObject, Meter
 from .stage import Answers, Ask, Drop, ObjectContext, Retry, Stage, Turn
@@ -25,14 +26,17 @@ MAX_ATTEMPTS = 2
 
 class Annotator:
     def __init__(self, stages: tuple[Stage, ...], prompts: PromptSet, backends: dict[str, VLMBackend],
-                 gen: GenerationConfig, meter: Meter, toolkit_version: str) -> None:
+                 gen: GenerationConfig, meter: Meter, toolkit_version: str,
+                 grounding: GroundingRunner | None = None) -> None:
         self.stages = stages
         self.prompts = prompts
         self.backends = backends  # by Stage.backend: "describer", "checker"
         self.gen = gen
         self.meter = meter
         self.toolkit_version = toolkit_version
+        self.grounding = grounding
         self._ask = {name: self._asker(backend) for name, backend in backends.items()}
+        self._ask["grounder"] = _no_vlm
 
     def _asker(self, backend: VLMBackend) -> Ask:
         async def ask(prompt: str, images: tuple[bytes, ...]) -> str:
@@ -61,7 +65,8 @@ class Annotator:
         answers, attempt, i, hint = Answers(), 1, 0, ""
         while i < len(self.stages):
             stage = self.stages[i]
-            turn = Turn(obj, answers, self.prompts.get(stage.name), self._ask[stage.backend], attempt, hint)
+            turn = Turn(obj, answers, self.prompts.get(stage.name), self._ask[stage.backend], attempt, hint,
+                        self.grounding)
             result = await stage.run(turn)
             if isinstance(result, Drop):
                 return result
@@ -85,11 +90,12 @@ class Annotator:
         verdict = answers["check"] if "check" in answers else None
         uses_checker = any(s.backend == "checker" for s in self.stages)
         describer, checker = self.backends["describer"], self.backends["checker"]
+        grounded = answers["grounding"] if "grounding" in answers else None
         expression = Expression(
             video_id=obj.video_id,
             object_id=obj.object_id,
             formated=merged.long,
-            short_caps=merged.short,
+            short_caps=grounded.short_caps if grounded else merged.short,
             object_description=described.description,
             scene_description=answers["scene"],
             video_description=answers["video"],
@@ -105,15 +111,25 @@ class Annotator:
                 input_files=list(obj.input_files),
                 checker_model_id=checker.model if uses_checker and checker is not describer else "",
                 stages=[s.name for s in self.stages],
+                grounder=self.grounding.settings.identity() if grounded else None,
             ),
             category=described.category,
             extra_answers={name: _as_text(value) for name, value in answers.items if name not in _BUILT_IN_NAMES},
+            # Set here from what the grounder measured; without one, flag_ambiguous sets them
+            # from the text once the video's rows are known.
+            ambiguous=bool(grounded and grounded.ambiguous_with),
+            ambiguous_with=list(grounded.ambiguous_with) if grounded else [],
+            grounding=grounded.grounding if grounded else None,
         )
         expression.validate()
         return expression
 
 
-_BUILT_IN_NAMES = frozenset(s.name for s in BUILT_IN)
+_BUILT_IN_NAMES = frozenset(s.name for s in BUILT_IN) | {"grounding"}
+
+
+async def _no_vlm(prompt: str, images: tuple[bytes, ...]) -> str:
+    raise RefsavError("a stage with backend 'grounder' asks the grounder (turn.grounding), not a VLM")
 
 
 def _as_text(answer: object) -> str:

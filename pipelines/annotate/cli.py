@@ -1,12 +1,50 @@
 """`refsav annotate`."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import click
 
 from .config import DEFAULT_STAGES, AnnotateConfig, VLMSettings
+from .grounding import DEFAULT_AMBIGUITY_MARGIN, DEFAULT_MARGIN, DEFAULT_MIN_GROUNDING
 from .run import DEFAULT_SHARD_SIZE, RunSummary, annotate
+
+if TYPE_CHECKING:
+    from .grounding import GroundingSettings
+
+
+@dataclass(frozen=True)
+class GrounderArgs:
+    """The grounding options of `refsav annotate`, as given."""
+
+    grounder: str  # sa2va:CKPT or http(s)://host:port/v1
+    inference: str = "official"
+    api_key: str | None = None
+    force_answer: str | None = None
+    device: str | None = None
+    min_grounding: float = DEFAULT_MIN_GROUNDING
+    ambiguity_margin: float = DEFAULT_AMBIGUITY_MARGIN
+    margin: int = DEFAULT_MARGIN
+    max_in_flight: int = 4
+    timeout: float = 600.0
+
+
+# How a --grounder value becomes the grounder and scorer objects. This package may not
+# import a model or the benchmark: the application layer (refsav.grounding) installs it,
+# and `refsav annotate` is that layer's command.
+_RESOLVER: list[Callable[[GrounderArgs], "GroundingSettings"]] = []
+
+
+def set_grounder_resolver(resolver: Callable[[GrounderArgs], "GroundingSettings"]) -> None:
+    _RESOLVER[:] = [resolver]
+
+
+def _grounding(args: GrounderArgs) -> "GroundingSettings":
+    if not _RESOLVER:
+        raise click.UsageError("--grounder needs the refsav command (refsav.grounding wires the model in)")
+    return _RESOLVER[0](args)
 
 
 def _stage_list(stages: str, plugins: tuple[str, ...], no_check: bool) -> tuple[str, ...]:
@@ -41,6 +79,14 @@ def _print_summary(s: RunSummary) -> None:
     for reason, n in sorted(s.objects_dropped.items()):
         table.add_row(f"  dropped: {reason}", str(n))
     table.add_row("flagged ambiguous", str(s.ambiguous))
+    if s.grounding is not None:
+        g = s.grounding
+        table.add_row("grounded (dropped, flagged)", f"{g.grounded} ({g.dropped}, {g.flagged_ambiguous})")
+        table.add_row("short expressions removed", str(g.shorts_removed))
+        if g.deciles:
+            table.add_row("grounding J&F min / median / max", f"{g.deciles[0]:.3f} / {g.deciles[5]:.3f} / {g.deciles[-1]:.3f}")
+        table.add_row("grounder calls (cache hits, failed)",
+                      f"{g.grounder.calls} ({g.grounder.cache_hits}, {g.grounder.failed_calls})")
     table.add_row("VLM calls (cache hits, failed)", f"{s.vlm.calls} ({s.vlm.cache_hits}, {s.vlm.failed_calls})")
     table.add_row("tokens in / out", f"{s.vlm.prompt_tokens} / {s.vlm.completion_tokens}")
     table.add_row("wall time", f"{s.seconds:.1f} s")
@@ -71,8 +117,8 @@ def _report_failures(s: RunSummary, resume: str) -> None:
     if s.shards_failed:
         problems.append(f"{len(s.shards_failed)} shard(s) failed")
     if s.objects_failed:
-        problems.append(f"{s.objects_failed} object(s) failed on the VLM (server errors, timeouts or malformed "
-                        "answers, after retries)")
+        problems.append(f"{s.objects_failed} object(s) failed on the VLM or the grounder (server errors, timeouts "
+                        "or malformed answers, after retries)")
     if s.first_error:
         click.echo(f"first error: {s.first_error}", err=True)
     if problems:
@@ -123,10 +169,29 @@ def _report_failures(s: RunSummary, resume: str) -> None:
               help="Folder of prompt templates (<stage>.v<N>.txt) replacing the built-in ones.")
 @click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False),
               help="Request cache (SQLite; default OUT/cache/requests.sqlite). 'none' disables it.")
+@click.option("--grounder", default=None, metavar="sa2va:CKPT|URL",
+              help="Ground every expression back to its masklet after merge: sa2va:CKPT (a Sa2VA checkpoint in "
+                   "each worker) or http://host:port/v1 (a `refsav serve` endpoint).")
+@click.option("--min-grounding", default=DEFAULT_MIN_GROUNDING, show_default=True, type=click.FloatRange(0, 1),
+              help="Drop an object (grounding_failed) whose long expression's J&F is below this; remove a short "
+                   "expression below it.")
+@click.option("--ambiguity-margin", default=DEFAULT_AMBIGUITY_MARGIN, show_default=True, type=click.FloatRange(0, 1),
+              help="Flag an object ambiguous when another masklet's J&F comes within this of its own, or above.")
+@click.option("--grounding-margin", default=DEFAULT_MARGIN, show_default=True, type=click.IntRange(0),
+              help="Annotated frames before and after the object's visible span that are segmented and scored too.")
+@click.option("--grounder-inference", default="official", show_default=True, type=click.Choice(["official", "sa2va-i"]),
+              help="Sa2VA inference mode of the grounder (recorded in the provenance).")
+@click.option("--grounder-api-key", default=None, envvar="REFSAV_API_KEY",
+              help="Key of the `refsav serve` endpoint (or $REFSAV_API_KEY); never recorded.")
+@click.option("--grounder-device", default=None, help="Device of an in-process grounder (default: cuda if visible, else cpu).")
+@click.option("--grounder-force-answer", default=None, hidden=True,
+              help="Teacher-force the grounder's answer (e.g. 'Sure, [SEG].'): tests and speed runs only.")
 @click.pass_context
 def annotate_command(ctx, input_root, out, backend, base_url, model, check_model, check_base_url, no_check, stages, plugins,
                      highlight, masklets, workers, scheduler, limit, shard_size, max_in_flight, timeout, retries, backoff,
-                     max_tokens, temperature, prompts_dir, cache_path) -> None:
+                     max_tokens, temperature, prompts_dir, cache_path, grounder, min_grounding, ambiguity_margin,
+                     grounding_margin, grounder_inference, grounder_api_key, grounder_device,
+                     grounder_force_answer) -> None:
     """Describe every SA-V masklet with a VLM in three stages and write Ref-SAV-style expressions.
 
     Rerun the same command to resume: finished shards are kept, the others are redone, with
@@ -138,6 +203,15 @@ def annotate_command(ctx, input_root, out, backend, base_url, model, check_model
     if backend == "openai" and not base_url:
         raise click.UsageError("--vlm openai needs --base-url (e.g. http://127.0.0.1:23333/v1)")
     stage_list = _stage_list(stages, plugins, no_check)
+    grounding = None
+    if grounder is not None:
+        if "grounding" not in stage_list:
+            stage_list = (*stage_list, "grounding")
+        grounding = _grounding(GrounderArgs(grounder, grounder_inference, grounder_api_key, grounder_force_answer,
+                                            grounder_device, min_grounding, ambiguity_margin, grounding_margin,
+                                            max_in_flight, timeout))
+    elif "grounding" in stage_list:
+        raise click.UsageError("the grounding stage needs --grounder")
     vlm = VLMSettings(backend=backend, model=model, base_url=base_url, max_in_flight=max_in_flight, timeout=timeout,
                       max_retries=retries, backoff=backoff, max_tokens=max_tokens, temperature=temperature)
     checker = None
@@ -152,8 +226,10 @@ def annotate_command(ctx, input_root, out, backend, base_url, model, check_model
         highlight=highlight, masklets=masklets,
         prompts_dir=prompts_dir, cache_path=None if cache_path == "none" else str(Path(cache_path).resolve()),
         toolkit_version=__version__,
+        grounding=grounding,
     )
-    with make_executor(workers, scheduler) as executor:
+    # An in-process grounder on CUDA: every shard holds one GPU (Dask resource GPU=1).
+    with make_executor(workers, scheduler, gpus=bool(grounding and grounding.grounder.needs_gpu)) as executor:
         # From here a server on 127.0.0.1 is this machine's; the workers of a cluster given by
         # --scheduler may see another one, so there the requests alone tell.
         summary = annotate(input_root, out, config, executor, limit=limit, shard_size=shard_size,

@@ -3,7 +3,11 @@ stored in OUT/plan.json, so a rerun with other settings is refused instead of mi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .grounding import GroundingSettings
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,16 @@ class AnnotateConfig:
     prompts_dir: str | None = None
     cache_path: str | None = None  # None: no request cache
     toolkit_version: str = ""
+    # The grounding stage's grounder, scorer and policy (`--grounder`); None: no grounding.
+    grounding: GroundingSettings | None = None
 
     def fingerprint(self) -> str:
         """Canonical JSON of the settings that determine the rows."""
-        d = asdict(self)
+        d = asdict(replace(self, grounding=None))
+        d.pop("grounding")
+        if self.grounding is not None:
+            # Only with a grounder, so that plans written before grounding existed still resume.
+            d["grounding"] = self.grounding.public()
         d["vlm"] = self.vlm.public()
         d["checker"] = self.checker.public() if self.checker else None
         for volatile in ("cache_path", "prompts_dir", "toolkit_version"):

@@ -12,6 +12,7 @@ from typing import Iterable
 
 from refsav.schemas.errors import RefsavError
 
+from .grounding import GroundExpressions
 from .stage import BACKENDS, Stage
 from .stages import BUILT_IN
 
@@ -61,3 +62,5 @@ def resolve(names: Iterable[str]) -> tuple[Stage, ...]:
 
 for _stage in BUILT_IN:
     register(_stage)
+# Not in the default list: `refsav annotate --grounder` appends it after merge.
+register(GroundExpressions())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from refsav.schemas.expression import FileHash
 from refsav.schemas.sav import SavAnnotation
+from refsav.schemas.video import Masklet
 
 from ..visual.selection import NotVisible
 from ..visual.style import HighlightStyle
@@ -23,6 +24,12 @@ def render_video(
     ready: list[ObjectContext] = []
     dropped: list[DroppedObject] = []
     seen: set[int] = set()
+    # Each object's `others`: every masklet of the video but its own, first file winning a
+    # clashing id as below.
+    masklets: dict[int, Masklet] = {}
+    for annotation in annotations:
+        for m in annotation.masklets:
+            masklets.setdefault(m.object_id, m)
     for annotation in annotations:  # manual first, then auto (sorted paths), when --masklets both
         views = build_video_views(annotation, style, k=config.object_frames, n_video_frames=config.video_frames)
         for masklet, view in zip(annotation.masklets, views):
@@ -35,5 +42,6 @@ def render_video(
             if isinstance(view, NotVisible):
                 dropped.append(DroppedObject(video_id, masklet.object_id, "not_visible", view.reason))
             else:
-                ready.append(ObjectContext(video_id, annotation.video, masklet, view, inputs))
+                others = tuple(m for oid, m in masklets.items() if oid != masklet.object_id)
+                ready.append(ObjectContext(video_id, annotation.video, masklet, view, inputs, others))
     return ready, dropped

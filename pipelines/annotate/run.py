@@ -22,6 +22,7 @@ from refsav.schemas.expression import PromptRef
 from refsav.schemas.io import atomic_write_json, read_json
 
 from .config import AnnotateConfig
+from .grounding import GROUNDER_ERROR, GroundingStats, deciles
 from .inputs import VideoInput, discover
 from .prompts import load_prompts
 from .records import VLM_ERROR, Meter, ShardFailure
@@ -48,8 +49,13 @@ class RunSummary:
     ambiguous: int = 0
     vlm: Meter = field(default_factory=Meter)
     seconds: float = 0.0
-    # The first failure, in shard order: a shard's exception, else an object's VLM error.
+    # The first failure, in shard order: a shard's exception, else an object's VLM or grounder error.
     first_error: str = ""
+    # With a grounder: counts, and the deciles of the kept expressions' J&F over the whole dataset.
+    grounding: GroundingStats | None = None
+
+    def __post_init__(self) -> None:
+        self._j_and_f: list[float] = []  # not a field: run.json carries the deciles only
 
     def add(self, s: ShardStats) -> None:
         self.shards_done += 1
@@ -63,6 +69,12 @@ class RunSummary:
         self.ambiguous += s.ambiguous
         if not s.resumed:  # a resumed shard's VLM usage belongs to the run that made it
             self.vlm.add(s.vlm)
+        if s.grounding is not None:
+            if self.grounding is None:
+                self.grounding = GroundingStats()
+            self.grounding.add(s.grounding, usage=not s.resumed)
+            self._j_and_f += s.grounding.j_and_f or []
+            self.grounding.deciles = deciles(self._j_and_f)
 
     @property
     def complete(self) -> bool:
@@ -71,8 +83,8 @@ class RunSummary:
 
     @property
     def objects_failed(self) -> int:
-        """Objects without a row because their VLM requests failed; a rerun asks again."""
-        return self.objects_dropped.get(VLM_ERROR, 0)
+        """Objects without a row because their VLM or grounder requests failed; a rerun asks again."""
+        return self.objects_dropped.get(VLM_ERROR, 0) + self.objects_dropped.get(GROUNDER_ERROR, 0)
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,8 @@ def annotate(
 
 
 def _check_servers(config: AnnotateConfig) -> None:
+    if config.grounding is not None:
+        config.grounding.grounder.check()
     servers = [v for v in (config.vlm, config.checker) if v is not None and v.backend == "openai" and v.base_url]
     if not servers:
         return
@@ -194,7 +208,7 @@ def _run(input_root: Path, out: Path, config: AnnotateConfig, tasks: list[ShardT
             "scheduler": executor.address,
             "config": json.loads(config.fingerprint()),
             "summary": asdict(summary),
-            "shards": [asdict(per_shard[i]) for i in sorted(per_shard)],
+            "shards": [_shard_json(per_shard[i]) for i in sorted(per_shard)],
         }, indent=1)
 
     with progress_bar("annotating shards", total=len(tasks), enabled=show_progress) as advance:
@@ -216,12 +230,21 @@ def _run(input_root: Path, out: Path, config: AnnotateConfig, tasks: list[ShardT
     return summary
 
 
+def _shard_json(outcome: ShardStats | ShardFailure) -> dict:
+    d = asdict(outcome)
+    if isinstance(d.get("grounding"), dict):
+        # Each expression's J&F stays in the shard's stats file: run.json is rewritten after
+        # every shard, and the deciles in its summary say what a reader needs.
+        d["grounding"].pop("j_and_f", None)
+    return d
+
+
 def _first_error(per_shard: dict[int, ShardStats | ShardFailure]) -> str:
     for i in sorted(per_shard):
         outcome = per_shard[i]
         if isinstance(outcome, ShardFailure):
             return f"shard {i}: {outcome.error}"
         for failure in outcome.failures:
-            if failure.reason == VLM_ERROR:
+            if failure.reason in (VLM_ERROR, GROUNDER_ERROR):
                 return f"{failure.video_id} object {failure.object_id}: {failure.detail}"
     return ""

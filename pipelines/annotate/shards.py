@@ -36,6 +36,7 @@ from refsav.schemas.io import atomic_write_json, sha256_file, write_parquet
 
 from .annotator import Annotator, flag_ambiguous
 from .config import AnnotateConfig
+from .grounding import GROUNDER_ERROR, GROUNDING_FAILED, GroundingRunner, GroundingStats, shard_grounding_stats
 from .inputs import VideoInput
 from .prompts import PromptSet
 from .records import VLM_ERROR, DroppedObject, Meter, SkippedVideo
@@ -86,11 +87,12 @@ class ShardStats:
     render_seconds: float = 0.0
     seconds: float = 0.0
     resumed: bool = False  # True when this run found the shard already complete
+    grounding: GroundingStats | None = None  # None: no grounder in this run
 
     @property
     def vlm_errors(self) -> int:
-        """Objects that failed on the VLM: a rerun asks again for them."""
-        return self.objects_dropped.get(VLM_ERROR, 0)
+        """Objects that failed on the VLM or the grounder: a rerun asks again for them."""
+        return self.objects_dropped.get(VLM_ERROR, 0) + self.objects_dropped.get(GROUNDER_ERROR, 0)
 
     @classmethod
     def from_json(cls, d: dict) -> "ShardStats":
@@ -99,6 +101,8 @@ class ShardStats:
         values["videos_skipped"] = [SkippedVideo(**s) for s in values.get("videos_skipped", [])]
         values["failures"] = [DroppedObject(**f) for f in values.get("failures", [])]
         values["vlm"] = Meter(**values.get("vlm", {}))
+        if values.get("grounding") is not None:
+            values["grounding"] = GroundingStats.from_json(values["grounding"])
         return cls(**values)
 
 
@@ -156,8 +160,13 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
     describer = _backend(config.vlm, config.cache_path, make_backend)
     checker = _backend(config.checker, config.cache_path, make_backend) if config.checker else describer
     gen = GenerationConfig(max_tokens=config.vlm.max_tokens, temperature=config.vlm.temperature, seed=config.vlm.seed)
+    grounding = None
+    if config.grounding is not None:
+        from ..vlm.cache import RequestCache
+
+        grounding = GroundingRunner(config.grounding, RequestCache(config.cache_path) if config.cache_path else None)
     annotator = Annotator(task.stages, task.prompts, {"describer": describer, "checker": checker}, gen, meter,
-                          config.toolkit_version)
+                          config.toolkit_version, grounding)
     render_slots = asyncio.Semaphore(RENDER_AHEAD)
     rows: list[Expression] = []
     skipped: list[SkippedVideo] = []
@@ -188,14 +197,20 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
         seen += len(objects) + len(not_annotatable)
         results = list(not_annotatable) + list(await _all_or_nothing(*(annotator.annotate(o) for o in objects)))
         failures.extend(r for r in results if isinstance(r, DroppedObject))
-        rows.extend(flag_ambiguous([r for r in results if isinstance(r, Expression)]))
+        kept = [r for r in results if isinstance(r, Expression)]
+        # With a grounder, the grounding stage has decided ambiguity from the masks.
+        rows.extend(kept if grounding is not None else flag_ambiguous(kept))
 
     try:
         await _all_or_nothing(*(one_video(v) for v in task.videos))
     finally:
-        await describer.aclose()
-        if checker is not describer:
-            await checker.aclose()
+        try:
+            await describer.aclose()
+            if checker is not describer:
+                await checker.aclose()
+        finally:
+            if grounding is not None and grounding.cache is not None:
+                grounding.cache.close()
     rows.sort(key=lambda e: (e.video_id, e.object_id))
     meter.seconds = round(meter.seconds, 3)
     return rows, ShardStats(
@@ -209,6 +224,8 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
         ambiguous=sum(e.ambiguous for e in rows),
         vlm=meter,
         render_seconds=round(render_seconds, 3),
+        grounding=None if grounding is None else shard_grounding_stats(
+            rows, sum(f.reason == GROUNDING_FAILED for f in failures), grounding.meter),
     )
 
 

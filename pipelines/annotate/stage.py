@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from refsav.schemas.video import Masklet, Video
 
     from ..visual.views import ObjectViews
+    from .grounding import GroundingRunner
     from .prompts import PromptTemplate
 
 # How the prompts name the visual cue; the colour is chosen per object by refsav.pipelines.visual
@@ -36,8 +37,9 @@ HIGHLIGHT_WORDS = {
 }
 
 # The VLM clients a stage can ask: the describing model, or the model of the consistency
-# check (the same one unless --check-model names another).
-BACKENDS = ("describer", "checker")
+# check (the same one unless --check-model names another). "grounder": a stage that asks
+# no VLM but the referring segmentation model of `Turn.grounding` (the grounding stage).
+BACKENDS = ("describer", "checker", "grounder")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class ObjectContext:
     masklet: Masklet
     views: ObjectViews
     input_files: tuple[FileHash, ...]
+    # Every other masklet of the video (manual, and auto with --masklets both), visible or
+    # not: the grounding stage scores each expression against them too.
+    others: tuple[Masklet, ...] = ()
 
     @property
     def object_id(self) -> int:
@@ -109,6 +114,7 @@ class Turn:
     ask: Ask
     attempt: int = 1  # 1, then +1 each time a stage sent the object back
     retry_hint: str = ""  # the hint of the Retry that restarted at this stage; "" otherwise
+    grounding: GroundingRunner | None = None  # the run's grounder; None without --grounder
 
 
 class Stage(Protocol):

@@ -1,7 +1,9 @@
 """A persistent answer cache for VLM requests, shared by processes on one machine.
 
 Re-running the annotation pipeline (after a crash, with one stage changed, on more videos)
-must not pay again for answers it already has. Answers are keyed by
+must not pay again for answers it already has. The grounding stage keeps its grounder's
+masklets in the same file (table `groundings`, keyed by
+`refsav.pipelines.annotate.grounding.cache_key`). Answers are keyed by
 `VLMRequest.cache_key(model)`, so any change to the model, prompt, images or generation
 settings is a miss. Only successful answers are stored: a failure is retried next time.
 
@@ -31,6 +33,11 @@ CREATE TABLE IF NOT EXISTS responses (
     completion_tokens INTEGER NOT NULL,
     seconds REAL NOT NULL,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groundings (
+    key TEXT PRIMARY KEY,
+    masklet TEXT NOT NULL,
+    created_at TEXT NOT NULL
 )
 """
 
@@ -48,7 +55,7 @@ class RequestCache:
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")  # durable enough for a cache, and far faster
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
 
     def get(self, key: str) -> VLMResponse | None:
         with self._lock:
@@ -68,6 +75,18 @@ class RequestCache:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key, model, response.text, response.prompt_tokens, response.completion_tokens, response.seconds, created),
             )
+
+    def get_grounding(self, key: str) -> str | None:
+        """A grounder's masklet (JSON of RLEs) by `refsav.pipelines.annotate.grounding.cache_key`."""
+        with self._lock:
+            row = self._db.execute("SELECT masklet FROM groundings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def put_grounding(self, key: str, masklet: str) -> None:
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO groundings (key, masklet, created_at) VALUES (?, ?, ?)",
+                             (key, masklet, created))
 
     def __len__(self) -> int:
         with self._lock:
