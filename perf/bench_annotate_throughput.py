@@ -75,6 +75,8 @@ class _Log:
     started: float
     finished: float
     kind: str  # the stage it answered (vlm) or "segment" (grounder)
+    images: int = 0  # images (frames) in the request
+    body_bytes: int = 0
 
 
 class SimServer:
@@ -140,7 +142,7 @@ class SimServer:
             async with self._slots:
                 started = time.time()
                 await asyncio.sleep(self.latency)
-            self.log.append(_Log(arrived, started, time.time(), kind))
+            self.log.append(_Log(arrived, started, time.time(), kind, body.count(b'"data:image/'), len(body)))
             return 200, answer
         return 404, {"error": {"message": "not found"}}
 
@@ -372,6 +374,8 @@ class RunResult:
     vlm: Rate
     grounder: Rate | None
     grounder_calls: int | None
+    grounder_frames: float | None  # frames per grounder request, mean
+    grounder_mb: float | None  # request body, MB, mean
     wall_s: float  # the CLI, start to exit
     cpu_s: dict  # annotate process / its children
     server_cpu_s: float
@@ -390,18 +394,27 @@ def has_grounder_option() -> bool:
     return "--grounder " in out.stdout or "--grounder\n" in out.stdout
 
 
+def annotate_args(data: Path, out: Path, vlm: ServerProcess, grounder: ServerProcess | None, workers: int,
+                  max_in_flight: int, shard_size: int, limit: int | None) -> list[str]:
+    args = ["annotate", "--input", str(data), "--out", str(out), "--base-url", vlm.base_url, "--model", VLM_MODEL,
+            "--workers", str(workers), "--max-in-flight", str(max_in_flight), "--shard-size", str(shard_size),
+            "--retries", "0"]
+    if limit is not None:
+        args += ["--limit", str(limit)]
+    if grounder is not None:
+        # Empty masks score low: --min-grounding 0 keeps every row, so that the rows are
+        # the same with and without the grounder.
+        args += ["--grounder", grounder.base_url, "--min-grounding", "0"]
+    return args
+
+
 def run_annotate(data: Path, out: Path, vlm: ServerProcess, grounder: ServerProcess | None, workers: int,
-                 max_in_flight: int, shard_size: int) -> RunResult:
+                 max_in_flight: int, shard_size: int, limit: int | None = None) -> RunResult:
     before, errors_before = vlm.log()
     g_before = grounder.log()[0] if grounder else []
     server_cpu = vlm.cpu_seconds()
-    cmd = [sys.executable, "-m", "refsav", "annotate", "--input", str(data), "--out", str(out),
-           "--base-url", vlm.base_url, "--model", VLM_MODEL, "--workers", str(workers),
-           "--max-in-flight", str(max_in_flight), "--shard-size", str(shard_size), "--retries", "0"]
-    if grounder is not None:
-        # Empty masks score 0: --min-grounding 0 keeps every row, so the rows written are
-        # the same with and without the grounder.
-        cmd += ["--grounder", grounder.base_url, "--min-grounding", "0"]
+    cmd = [sys.executable, "-m", "refsav",
+           *annotate_args(data, out, vlm, grounder, workers, max_in_flight, shard_size, limit)]
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -425,6 +438,8 @@ def run_annotate(data: Path, out: Path, vlm: ServerProcess, grounder: ServerProc
         vlm_failed=summary["vlm"]["failed_calls"], server_requests=len(log),
         vlm=rate_of(log, vlm.slots), grounder=rate_of(g_log, grounder.slots) if grounder else None,
         grounder_calls=(g.get("grounder") or {}).get("calls") if grounder else None,
+        grounder_frames=statistics.mean(x.images for x in g_log) if g_log else None,
+        grounder_mb=statistics.mean(x.body_bytes for x in g_log) / 1e6 if g_log else None,
         wall_s=wall, cpu_s=cpu_s, server_cpu_s=vlm.cpu_seconds() - server_cpu,
         load_before=load_before, load_after=os.getloadavg()[0], timeline=timeline(log))
 
@@ -441,10 +456,13 @@ _RULES = (
     ("render: JPEG encode", ("/visual/jpeg.py", "view_image")),
     ("render: highlight", ("/visual/highlight.py",)),
     ("render: frames, crops", ("/visual/canvas.py", "/visual/selection.py", "/visual/plan.py", "/visual/views.py")),
-    ("annotation JSON, hashing inputs", ("/schemas/sav.py", "/schemas/rle.py", "sha256_file")),
+    ("SA-V JSON, RLE, hashing inputs", ("/schemas/sav.py", "/schemas/rle.py", "sha256_file")),
     ("request: base64, cache key", ("build_messages", "cache_key", "image_mime", "__post_init__")),
     ("request cache (SQLite)", ("/vlm/cache.py",)),
-    ("HTTP, JSON (openai client)", ("/openai/", "/httpx/", "/httpcore/", "/h11/", "/anyio/", "/pydantic")),
+    ("grounder client: PNG data URLs, RLE", ("/model/serve_client.py",)),
+    ("grounding: J&F against every masklet", ("/benchmark/",)),
+    ("grounding: frames, policy", ("/annotate/grounding.py", "/refsav/grounding.py")),
+    ("HTTP, JSON (openai client)", ("/openai/", "/httpx", "/httpcore", "/h11/", "/anyio/", "/pydantic")),
     ("writing rows", ("write_parquet", "/pyarrow/", "atomic_write")),
     ("stages, parsing answers", ("/annotate/",)),
 )
@@ -505,25 +523,26 @@ class Profile:
     vlm_wait_s: float = 0.0  # the run's own stats: seconds in answered requests
 
 
-def profile_run(data: Path, out: Path, vlm: ServerProcess, max_in_flight: int, shard_size: int) -> Profile:
-    """A 1-worker run in this process (inline executor), sampled."""
-    from refsav.pipelines.annotate.config import AnnotateConfig, VLMSettings
-    from refsav.pipelines.annotate.run import annotate
-    from refsav.runtime.executor import InlineExecutor
-    from refsav.schemas.version import __version__
+def profile_run(data: Path, out: Path, vlm: ServerProcess, grounder: ServerProcess | None, max_in_flight: int,
+                shard_size: int, limit: int | None = None) -> Profile:
+    """`refsav annotate --workers 1` in this process (the inline executor runs the shards
+    here too), every thread sampled."""
+    import contextlib
+    import io
 
-    config = AnnotateConfig(vlm=VLMSettings(model=VLM_MODEL, base_url=vlm.base_url, max_in_flight=max_in_flight,
-                                            max_retries=0), cache_path=str(out / "cache" / "requests.sqlite"),
-                            toolkit_version=__version__)
+    from refsav.cli import main as refsav_main
+
     cpu0, t0 = time.process_time(), time.perf_counter()
-    with StackSampler() as sampler:
-        summary = annotate(data, out, config, InlineExecutor(), shard_size=shard_size, show_progress=False)
+    with StackSampler() as sampler, contextlib.redirect_stderr(io.StringIO()) as err:
+        rc = refsav_main(annotate_args(data, out, vlm, grounder, 1, max_in_flight, shard_size, limit))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    shards = json.loads((out / "run.json").read_text())["shards"]
-    return Profile(summary.objects_kept, wall, cpu,
+    if rc:
+        raise SystemExit(f"the profiled run failed ({rc}): {err.getvalue()[-2000:]}")
+    run = json.loads((out / "run.json").read_text())
+    return Profile(run["summary"]["objects_kept"], wall, cpu,
                    # A sample stands for the sampler's real period (the GIL can delay it).
                    {k: v * wall / max(1, sampler.samples) for k, v in sampler.counts.items()},
-                   sum(s.get("render_seconds", 0.0) for s in shards), summary.vlm.seconds)
+                   sum(s.get("render_seconds", 0.0) for s in run["shards"]), run["summary"]["vlm"]["seconds"])
 
 
 # ============================================================================ the overhead targets
@@ -576,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="1:8,2:8,2:24",
                     help="WORKERS:SHARD_SIZE pairs, comma-separated (8 = refsav annotate's default shard size)")
     ap.add_argument("--max-in-flight", type=int, default=None, help="per worker (default: --slots)")
+    ap.add_argument("--grounded-runs", default="2:8", help="WORKERS:SHARD_SIZE pairs of the runs with a grounder")
+    ap.add_argument("--grounded-videos", type=int, default=16,
+                    help="videos of the grounded runs (refsav annotate --limit): grounding over HTTP is slow here")
     ap.add_argument("--grounder", choices=("auto", "off"), default="auto",
                     help="auto: also run with a simulated grounder when refsav annotate has --grounder")
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip the sampled 1-worker run")
@@ -595,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         args.profile = args.overhead = False
     width, height = (int(v) for v in args.size.split("x"))
     plan = [tuple(int(v) for v in pair.split(":")) for pair in args.runs.split(",")]
+    grounded_plan = [tuple(int(v) for v in pair.split(":")) for pair in args.grounded_runs.split(",")]
     mif = args.max_in_flight or args.slots
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -619,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         grounder = ServerProcess("grounder", args.grounder_latency, args.grounder_slots) if use_grounder else None
         runs: list[RunResult] = []
         grounded: list[RunResult] = []
-        profile = None
+        profile = g_profile = None
         try:
             for w, shard in plan:
                 r = run_annotate(clips, tmp / f"out_w{w}_s{shard}", vlm, None, w, mif, shard)
@@ -629,26 +652,32 @@ def main(argv: list[str] | None = None) -> int:
                       f"client {r.vlm_calls} requests, server {r.server_requests}; CPU {r.cpu_ms_per_object:.1f} ms/object",
                       flush=True)
             if grounder is not None:
-                for w, shard in plan:
-                    r = run_annotate(clips, tmp / f"out_g{w}_s{shard}", vlm, grounder, w, mif, shard)
+                for w, shard in grounded_plan:
+                    r = run_annotate(clips, tmp / f"out_g{w}_s{shard}", vlm, grounder, w, mif, shard,
+                                     args.grounded_videos)
                     grounded.append(r)
                     print(f"workers={w} shard-size={shard} + grounder: {r.vlm.steady_rps:.1f} VLM req/s steady, grounder "
                           f"{r.grounder.steady_rps:.1f} req/s of {grounder.capacity:.0f}; CPU "
                           f"{r.cpu_ms_per_object:.1f} ms/object", flush=True)
             if args.profile:
-                profile = profile_run(clips, tmp / "out_profile", vlm, mif, plan[0][1])
+                profile = profile_run(clips, tmp / "out_profile", vlm, None, mif, plan[0][1])
                 print(f"profiled 1-worker run: {profile.wall_s:.1f} s, CPU {profile.cpu_s:.1f} s", flush=True)
+                if grounder is not None:
+                    g_profile = profile_run(clips, tmp / "out_gprofile", vlm, grounder, mif, plan[0][1],
+                                            max(1, args.grounded_videos // 2))
+                    print(f"profiled 1-worker run with the grounder: {g_profile.wall_s:.1f} s, CPU "
+                          f"{g_profile.cpu_s:.1f} s", flush=True)
         finally:
             vlm.close()
             if grounder is not None:
                 grounder.close()
         overhead = overhead_targets(tmp, 3) if args.overhead else None
 
-    objects_total = args.videos * args.objects
-    report = render_report(args, width, height, vlm.capacity, mif, runs, grounded, use_grounder, grounder,
+    report = render_report(args, width, height, vlm.capacity, mif, runs, grounded, use_grounder, grounder, g_profile,
                            profile, overhead, gen_s, time.perf_counter() - started, load_start)
     print("\n".join(report))
     for r in runs + grounded:
+        objects_total = args.objects * (args.videos if r.grounder is None else min(args.videos, args.grounded_videos))
         # Every object annotated, and the client's request count is the server's: otherwise
         # the figures above measure something else (drops, retries, cache hits).
         if r.objects_kept != objects_total or r.vlm_calls != r.server_requests:
@@ -663,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "bench_annotate_throughput", "capacity_rps": vlm.capacity,
             "runs": [{**asdict(r), "cpu_ms_per_object": r.cpu_ms_per_object} for r in runs],
             "grounded": [{**asdict(r), "cpu_ms_per_object": r.cpu_ms_per_object} for r in grounded],
-            "profile": asdict(profile) if profile else None, "overhead": overhead,
+            "profile": asdict(profile) if profile else None, "profile_grounded": asdict(g_profile) if g_profile else None,
+            "overhead": overhead,
         }, indent=1)
     return 0
 
@@ -674,7 +704,17 @@ def _gaps(r: RunResult, capacity_slots: int) -> int:
     return sum(h < capacity_slots / 2 for _, h, _ in bins)
 
 
-def render_report(args, width, height, capacity, mif, runs, grounded, use_grounder, grounder, profile, overhead,
+def _profile_table(profile: Profile) -> list[str]:
+    busy = sum(profile.busy_s.values())
+    per_obj = 1000 * profile.cpu_s / max(1, profile.objects)
+    lines = ["| activity | share of busy samples | ≈ CPU ms/object |", "|---|---:|---:|"]
+    for k, v in sorted(profile.busy_s.items(), key=lambda kv: -kv[1]):
+        if v / max(busy, 1e-9) >= 0.005:
+            lines.append(f"| {k} | {v / max(busy, 1e-9):.0%} | {per_obj * v / max(busy, 1e-9):.1f} |")
+    return lines
+
+
+def render_report(args, width, height, capacity, mif, runs, grounded, use_grounder, grounder, g_profile, profile, overhead,
                   gen_s, total_s, load_start) -> list[str]:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -722,16 +762,15 @@ def render_report(args, width, height, capacity, mif, runs, grounded, use_ground
                          "the steady part with fewer than half the slots busy).")
     lines += [
         "",
-        "Why (the server's timeline, in the JSON): a worker runs one shard at a time. Each shard ends with its last "
-        "answers and starts with its first videos rendering, and no request of that worker is in flight in between. "
-        "Two workers with equal shards finish together, so their gaps line up: with 8-video shards the server idles "
-        "for about 1.5 s every 8 s. Bigger shards leave fewer gaps. So do more requests in flight per worker, as long "
-        "as one worker alone can fill the server. Note `--max-in-flight` defaults to 8 per worker: at 0.5 s per "
-        f"request that caps 2 workers at 32 requests/s, half of this server, whatever the CPU. The runs here "
-        f"use {mif}.",
+        "Why (the server's timeline per run is in the JSON): a worker runs one shard at a time. Each shard ends "
+        "with its last answers and starts with its first videos rendering; in between, that worker has no request "
+        "in flight. Two workers with equal shards finish together, so their gaps line up and the server idles "
+        "(the half-second bins counted above). Bigger shards leave fewer gaps, and so do more requests in flight "
+        "per worker, as long as one worker alone can fill the server. Note `--max-in-flight` defaults to 8 per "
+        f"worker: at {args.latency:g} s per request that caps 2 workers at {16 / args.latency:.0f} requests/s "
+        f"({16 / args.latency / capacity:.0%} of this server), whatever the CPU. The runs here use {mif}.",
     ]
     if profile is not None:
-        busy = sum(profile.busy_s.values())
         per_obj = 1000 * profile.cpu_s / max(1, profile.objects)
         lines += [
             "",
@@ -742,27 +781,33 @@ def render_report(args, width, height, capacity, mif, runs, grounded, use_ground
             "queues are left out. The CPU column splits the measured CPU by those shares. Python samples cannot tell "
             "time spent waiting for the GIL from time spent working.",
             "",
-            "| activity | share of busy samples | ≈ CPU ms/object |",
-            "|---|---:|---:|",
+            *_profile_table(profile),
         ]
-        for k, v in sorted(profile.busy_s.items(), key=lambda kv: -kv[1]):
-            lines.append(f"| {k} | {v / max(busy, 1e-9):.0%} | {per_obj * v / max(busy, 1e-9):.1f} |")
         lines += ["", f"The run's own stats: preparing videos (reading, decoding, rendering, JPEG; in a thread) took "
                       f"{profile.render_wall_s:.1f} s of wall time in all. The answered requests took "
                       f"{profile.vlm_wait_s:.1f} request-seconds, {profile.vlm_wait_s / max(1, profile.objects):.2f} "
                       "s/object: the simulated latency plus the wait for a slot."]
     lines.append("")
     if use_grounder and grounded:
-        lines += [f"With a simulated grounder (`--grounder URL`). It speaks the `refsav serve` protocol, takes "
-                  f"{args.grounder_latency:g} s per request and has {args.grounder_slots} slots = "
+        lines += [f"**With a simulated grounder** (`--grounder URL`, the first {args.grounded_videos} clips = "
+                  f"{min(args.videos, args.grounded_videos) * args.objects} objects). It speaks the `refsav serve` "
+                  f"protocol, takes {args.grounder_latency:g} s per request and has {args.grounder_slots} slots = "
                   f"{grounder.capacity:.0f} requests/s. It answers empty masks of the frame's size, and "
-                  "`--min-grounding 0` keeps every row:", "",
-                  "| workers | shard size | VLM requests/s, steady | grounder requests/s, steady (share of its "
-                  "capacity) | grounder requests | wall s | CPU ms/object |", "|---:|---:|---:|---:|---:|---:|---:|"]
+                  "`--min-grounding 0` keeps every row. Grounding is one request per expression (long and each "
+                  "short), each carrying the object's frames as PNG data URLs:", "",
+                  "| workers | shard size | VLM requests/s, steady (share of capacity) | grounder requests/s, steady "
+                  "(share of its capacity) | grounder requests (frames, MB each) | wall s | CPU ms/object |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for r in grounded:
             lines.append(f"| {r.workers} | {r.shard_size} | {r.vlm.steady_rps:.1f} ({r.vlm.steady_rps / capacity:.0%}) "
                          f"| {r.grounder.steady_rps:.1f} ({r.grounder.steady_rps / grounder.capacity:.0%}) | "
-                         f"{r.grounder.requests} | {r.wall_s:.1f} | {r.cpu_ms_per_object:.1f} |")
+                         f"{r.grounder.requests} ({r.grounder_frames or 0:.1f} frames, {r.grounder_mb or 0:.1f} MB) "
+                         f"| {r.wall_s:.1f} | {r.cpu_ms_per_object:.1f} |")
+        if g_profile is not None:
+            lines += ["", f"Where the time goes with the grounder: the same sampled 1-worker run with `--grounder`, on "
+                          f"{g_profile.objects} objects: {g_profile.wall_s:.1f} s, process CPU {g_profile.cpu_s:.1f} s = "
+                          f"**{1000 * g_profile.cpu_s / max(1, g_profile.objects):.0f} ms/object**.", "",
+                      *_profile_table(g_profile)]
     else:
         lines.append("Grounder: not measured. This checkout's `refsav annotate` has no `--grounder` option. The "
                      "benchmark already has a simulated grounder: the `refsav serve` protocol, chat completions whose "
