@@ -765,8 +765,9 @@ def render_report(args, width, height, capacity, mif, runs, grounded, use_ground
         "Why (the server's timeline per run is in the JSON): a worker runs one shard at a time. Each shard ends "
         "with its last answers and starts with its first videos rendering; in between, that worker has no request "
         "in flight. Two workers with equal shards finish together, so their gaps line up and the server idles "
-        "(the half-second bins counted above). Bigger shards leave fewer gaps, and so do more requests in flight "
-        "per worker, as long as one worker alone can fill the server. Note `--max-in-flight` defaults to 8 per "
+        "(the half-second bins counted above). Bigger shards leave fewer gaps. Each worker's `--max-in-flight` "
+        "should be at least the server's slots, so that one worker alone fills the server while the other is "
+        "between shards. Note `--max-in-flight` defaults to 8 per "
         f"worker: at {args.latency:g} s per request that caps 2 workers at {16 / args.latency:.0f} requests/s "
         f"({16 / args.latency / capacity:.0%} of this server), whatever the CPU. The runs here use {mif}.",
     ]
