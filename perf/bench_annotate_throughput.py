@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="WORKERS:SHARD_SIZE pairs, comma-separated (8 = refsav annotate's default shard size)")
     ap.add_argument("--max-in-flight", type=int, default=None, help="per worker (default: --slots)")
     ap.add_argument("--grounded-runs", default="2:8", help="WORKERS:SHARD_SIZE pairs of the runs with a grounder")
-    ap.add_argument("--grounded-videos", type=int, default=16,
+    ap.add_argument("--grounded-videos", type=int, default=8,
                     help="videos of the grounded runs (refsav annotate --limit): grounding over HTTP is slow here")
     ap.add_argument("--grounder", choices=("auto", "off"), default="auto",
                     help="auto: also run with a simulated grounder when refsav annotate has --grounder")
@@ -657,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:
                                      args.grounded_videos)
                     grounded.append(r)
                     print(f"workers={w} shard-size={shard} + grounder: {r.vlm.steady_rps:.1f} VLM req/s steady, grounder "
-                          f"{r.grounder.steady_rps:.1f} req/s of {grounder.capacity:.0f}; CPU "
-                          f"{r.cpu_ms_per_object:.1f} ms/object", flush=True)
+                          f"{r.grounder.steady_rps:.1f} req/s of {grounder.capacity:.0f}; {r.objects_kept}/"
+                          f"{r.objects_seen} objects; grounder: client {r.grounder_calls} calls, server "
+                          f"{r.grounder.requests} requests; CPU {r.cpu_ms_per_object:.1f} ms/object", flush=True)
             if args.profile:
                 profile = profile_run(clips, tmp / "out_profile", vlm, None, mif, plan[0][1])
                 print(f"profiled 1-worker run: {profile.wall_s:.1f} s, CPU {profile.cpu_s:.1f} s", flush=True)

@@ -40,8 +40,8 @@ def test_bench_annotate_throughput_quick_annotates_every_object():
     and the requests the client counted are the requests the server answered."""
     readme_before = README.read_bytes() if README.exists() else None
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "perf" / "bench_annotate_throughput.py"), "--quick", "--grounder", "off",
-         "--runs", "1:2,2:2"],
+        [sys.executable, str(ROOT / "perf" / "bench_annotate_throughput.py"), "--quick", "--runs", "1:2,2:2",
+         "--grounded-runs", "1:2"],
         cwd=ROOT,
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
         capture_output=True,
@@ -58,3 +58,14 @@ def test_bench_annotate_throughput_quick_annotates_every_object():
         assert int(client) == int(server) == 5 * 18  # five stages, no retry, no cache hit
         assert float(rps) > 0
     assert (README.read_bytes() if README.exists() else None) == readme_before
+    # With `refsav annotate --grounder`, one more run against the simulated `refsav serve`:
+    # one grounder call per object, one request per expression (the long one and the
+    # simulated VLM's two short ones), every row kept (--min-grounding 0).
+    grounded = re.findall(r"^workers=1 shard-size=2 \+ grounder: .*?; (\d+)/(\d+) objects; grounder: client (\d+) "
+                          r"calls, server (\d+) requests", proc.stdout, re.MULTILINE)
+    help_text = subprocess.run([sys.executable, "-m", "refsav", "annotate", "--help"], cwd=ROOT, capture_output=True,
+                               text=True).stdout
+    if "--grounder" in help_text:
+        assert grounded == [("18", "18", "18", str(3 * 18))], proc.stdout
+    else:
+        assert grounded == [], proc.stdout
