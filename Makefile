@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export SAM2_BUILD_CUDA ?= 0
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test perf clean
+.PHONY: install demo test perf clean gpu-wheels
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ perf: $(BIN)/.installed
 	$(BIN)/python perf/bench_annotate_overhead.py
 	$(BIN)/python perf/bench_predict_batching.py
 	$(BIN)/python perf/bench_annotate_throughput.py
+
+# What perf/gpu_session.sh needs on the GPU machine beyond its image (torch, transformers,
+# pytest, pyarrow are there): refsav itself, sam2 (pure Python, SAM2_BUILD_CUDA=0) and sam2's
+# own needs, as wheels for the device's Python 3.12 (the pure-Python ones built here).
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 transformers==5.25.0 tokenizers==0.23.3
+gpu-wheels: $(BIN)/.installed
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w .whl . sam2==1.1.0 antlr4-python3-runtime==4.9.3 iopath==0.1.10
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
+	ls -la .whl
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

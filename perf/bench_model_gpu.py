@@ -8,8 +8,13 @@ forward over prompt + answer), which times exactly the official prompt (5 key
 frames × 256 tokens) and the full SAM-2 pass (every frame, 1024 px, memory
 attention over key frames + the 6 previous frames).
 
-Reported per (model, frames, objects): LLM seconds, SAM-2 seconds, SAM-2 and
-end-to-end frames/s, and peak GPU memory (torch.cuda.max_memory_allocated).
+Reported per (model, inference, frames, objects): LLM seconds, SAM-2 seconds, SAM-2
+and end-to-end frames/s, and peak GPU memory (torch.cuda.max_memory_allocated).
+`--inference official,sa2va-i` (the default) times both procedures on the same
+checkpoint, written in the Sa2VA-i two-decoder layout (the official procedure uses
+its fine-tuned decoder, Sa2VA-i also the stand-in for Meta's original one). Sa2VA-i's
+LLM time runs to its first key-frame decode (`on_event`); the rest is SAM-2: every
+key frame decoded without memory, then tracking with the original decoder.
 Reference point: the official code keeps every frame at 1024 px on the GPU and
 runs out of memory at ~80 frames for the 8B model on a 48 GB card; refsav
 streams frames, so peak memory should stay flat as the video grows.
@@ -129,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objects", default="1", help="comma list of [SEG] counts per answer")
     ap.add_argument("--resolution", default="720x1280", help="frame HxW")
     ap.add_argument("--key-frames", default="first", choices=["first", "uniform"])
+    ap.add_argument("--inference", default="official,sa2va-i",
+                    help="comma list of procedures for the main table: official, sa2va-i")
     ap.add_argument("--backbone-batch", type=int, default=1, help="frames per SAM-2 image-encoder batch")
     ap.add_argument("--expressions", type=int, default=0,
                     help="also time E expressions per video batched vs one at a time (0: off)")
@@ -158,15 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     from refsav.model.checkpoint import load_sa2va
     from refsav.model.config import PredictOptions
     from refsav.model.random_init import write_random_checkpoint
+    from refsav.model.sa2va_i import predict_sa2va_i
 
     height, width = (int(v) for v in args.resolution.lower().split("x"))
+    modes = parse_list(args.inference, str)
+    if not modes or any(m not in ("official", "sa2va-i") for m in modes):
+        ap.error(f"--inference: a comma list of official, sa2va-i; got {args.inference!r}")
+    layout = "sa2va-i" if "sa2va-i" in modes else "sa2va"
     gpu = torch.cuda.get_device_name(device) if cuda else "CPU (smoke run)"
     rows, batch_rows = [], []
     for size in parse_list(args.sizes, str):
-        folder = Path(args.workdir) / f"{args.base}-{size}"
+        folder = Path(args.workdir) / f"{args.base}-{size}-{layout}"
         if not (folder / "config.json").is_file():
             t0 = time.perf_counter()
-            ckpt = write_random_checkpoint(folder, size, args.base, dtype=dtype)
+            ckpt = write_random_checkpoint(folder, size, args.base, dtype=dtype, layout=layout)
             print(f"# wrote {folder} ({ckpt.num_parameters / 1e9:.2f} B params) in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)
         t0 = time.perf_counter()
@@ -175,16 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         prompt = "<image>\nPlease segment the red square."
         warm = SyntheticVideo(6, height, width)
         sa2va.predict(prompt, video=warm, answer="Sure, [SEG].", options=PredictOptions())  # CUDA / cuDNN warm-up
-        for n_obj in parse_list(args.objects):
+        for mode, n_obj, n in ((m, o, f) for m in modes for o in parse_list(args.objects)
+                               for f in parse_list(args.frames)):
             answer = "Sure, " + " and ".join(["[SEG]"] * n_obj) + "."
-            for n in parse_list(args.frames):
-                video = SyntheticVideo(n, height, width)
-                opts = PredictOptions(key_frames=args.key_frames, backbone_batch=args.backbone_batch)
-                sync()
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                base_mem = torch.cuda.memory_allocated() if cuda else float("nan")
-                t0 = time.perf_counter()
+            video = SyntheticVideo(n, height, width)
+            opts = PredictOptions(key_frames=args.key_frames, backbone_batch=args.backbone_batch, inference=mode)
+            sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            base_mem = torch.cuda.memory_allocated() if cuda else float("nan")
+            t0 = time.perf_counter()
+            if mode == "official":
                 ground = sa2va.ground(prompt, video=video, options=opts, answer=answer)
                 sync()
                 t1 = time.perf_counter()
@@ -192,20 +205,33 @@ def main(argv: list[str] | None = None) -> int:
                 tracked = 0
                 for _, masks in sa2va.track_masks(video, prompts, ground.key_frames, opts):
                     tracked += 1  # masks are dropped: the table measures the model, not mask storage
-                sync()
-                t2 = time.perf_counter()
-                if tracked != n or ground.seg_hidden.shape[0] != n_obj:
-                    raise RuntimeError(f"tracked {tracked}/{n} frames, {ground.seg_hidden.shape[0]}/{n_obj} objects")
-                peak = torch.cuda.max_memory_allocated() if cuda else float("nan")
-                rows.append({
-                    "model": f"{args.base}-{size}", "frames": n, "objects": n_obj,
-                    "llm_s": t1 - t0, "sam_s": t2 - t1,
-                    "sam_fps": n / (t2 - t1), "total_fps": n / (t2 - t0),
-                    "peak_gib": peak / 2**30, "weights_gib": base_mem / 2**30,
-                })
-                r = rows[-1]
-                print(f"# {r['model']} T={n} obj={n_obj}: LLM {r['llm_s']:.2f}s SAM {r['sam_s']:.2f}s "
-                      f"({r['sam_fps']:.1f} fps) peak {r['peak_gib']:.2f} GiB", file=sys.stderr)
+                objects = ground.seg_hidden.shape[0]
+            else:
+                first: list[float] = []
+
+                def mark(stage: str, frame: int) -> None:
+                    if not first:
+                        sync()
+                        first.append(time.perf_counter())
+
+                pred = predict_sa2va_i(sa2va, prompt, video=video, options=opts, answer=answer, on_event=mark)
+                t1 = first[0] if first else time.perf_counter()
+                tracked, objects = (pred.masks[0].shape[0] if pred.masks else 0), len(pred.masks)
+                del pred
+            sync()
+            t2 = time.perf_counter()
+            if tracked != n or objects != n_obj:
+                raise RuntimeError(f"{mode}: tracked {tracked}/{n} frames, {objects}/{n_obj} objects")
+            peak = torch.cuda.max_memory_allocated() if cuda else float("nan")
+            rows.append({
+                "model": f"{args.base}-{size}", "inference": mode, "frames": n, "objects": n_obj,
+                "llm_s": t1 - t0, "sam_s": t2 - t1,
+                "sam_fps": n / (t2 - t1), "total_fps": n / (t2 - t0),
+                "peak_gib": peak / 2**30, "weights_gib": base_mem / 2**30,
+            })
+            r = rows[-1]
+            print(f"# {r['model']} {mode} T={n} obj={n_obj}: LLM {r['llm_s']:.2f}s SAM {r['sam_s']:.2f}s "
+                  f"({r['sam_fps']:.1f} fps) peak {r['peak_gib']:.2f} GiB", file=sys.stderr)
         if args.expressions > 0:
             for n in parse_list(args.batching_frames):
                 batch_rows.append(time_batching(sa2va, f"{args.base}-{size}", SyntheticVideo(n, height, width),
@@ -221,12 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Sa2VA inference on {gpu}, {str(dtype).removeprefix('torch.')}, random weights, {height}x{width} frames, "
         f"key frames '{args.key_frames}', forced answer with N [SEG] (teacher forcing), backbone batch {args.backbone_batch}.",
         "",
-        "| model | frames | [SEG] objects | LLM s | SAM-2 s | SAM-2 frames/s | end-to-end frames/s | peak GPU GiB | weights GiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | inference | frames | [SEG] objects | LLM s | SAM-2 s | SAM-2 frames/s | end-to-end frames/s | "
+        "peak GPU GiB | weights GiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['frames']} | {r['objects']} | {r['llm_s']:.2f} | {r['sam_s']:.2f} | "
+            f"| {r['model']} | {r['inference']} | {r['frames']} | {r['objects']} | {r['llm_s']:.2f} | {r['sam_s']:.2f} | "
             f"{r['sam_fps']:.1f} | {r['total_fps']:.1f} | {r['peak_gib']:.2f} | {r['weights_gib']:.2f} |"
         )
     if batch_rows:

@@ -21,6 +21,26 @@ a frequent one gets a second object), and within each category the motion bucket
 alternate. The order inside a (category, motion) cell is a hash of the seed, video id
 and object id, so the selection is a pure function of the rows, the masks and the seed.
 
+Grounding (rows of `refsav annotate --grounder`) enters in three ways:
+
+- Preference: grounded objects form the first tier and ungrounded ones the second; an
+  ungrounded object is chosen only once every eligible grounded one is, and the
+  category/motion balance above applies within each tier. A grounded expression has been
+  shown to segment its own masklet; an ungrounded one has not.
+- Ambiguous objects stay excluded, not ranked last: the benchmark holds one masklet per
+  expression, so an expression that fits another object as well would mark a model wrong
+  for a right answer. With a grounder, `ambiguous` is the grounder's verdict.
+- `--min-grounding X` (off by default): an object whose long expression has grounding
+  J&F below X is left out, and so is each short expression below X (the object keeps
+  its others). Ungrounded objects are then left out too, since nothing shows that they
+  pass; the counts of all three are reported. Without it, ungrounded rows are used as
+  before, after the grounded ones.
+
+Grounding J&F is a gate, never a ranking: preferring the highest-scoring objects would
+fill the benchmark with what the grounding model already segments well, and bias it in
+that model's favour. An object's expressions keep their order (long, then the short
+ones as in the row); all that pass go in, so their order does not change a score.
+
 Motion is measured on the masklet itself: the centroid of the visible mask on each
 annotated frame, the distance it travels in about one second (`fps / stride`
 annotated frames; 6 in SA-V), divided by the frame diagonal, and the median of that
@@ -37,7 +57,7 @@ import math
 import os
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -224,10 +244,30 @@ class Candidate:
     category: str
     motion: str = ""  # bucket, once measured
     speed: float = math.nan
+    grounding_j_and_f: float | None = None  # the long expression's; None for an ungrounded row
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.video_id, self.object_id)
+
+    @property
+    def grounded(self) -> bool:
+        return self.grounding_j_and_f is not None
+
+
+def short_scores(e: Expression) -> list[tuple[str, float | None]]:
+    """Each of the row's short expressions with its grounding J&F (None when ungrounded).
+
+    The schema guarantees that the kept short scores are the row's short_caps, in order."""
+    if e.grounding is None:
+        return [(c, None) for c in e.short_caps]
+    kept = [sc for sc in e.grounding.scores[1:] if sc.kept]
+    return [(c, sc.j_and_f) for c, sc in zip(e.short_caps, kept)]
+
+
+def benchmark_shorts(e: Expression, min_grounding: float | None) -> list[str]:
+    """The short expressions that go into a benchmark, in the row's order."""
+    return [c for c, jf in short_scores(e) if min_grounding is None or (jf is not None and jf >= min_grounding)]
 
 
 def category_of(e: Expression) -> str:
@@ -371,6 +411,11 @@ class BenchmarkExport:
     excluded_ambiguous: int
     categories: dict[str, int]
     motion: dict[str, int]
+    grounded: int = 0  # chosen objects with grounding (they are preferred)
+    min_grounding: float | None = None
+    excluded_ungrounded: int = 0  # unambiguous objects without grounding, left out by min_grounding
+    excluded_below_min: int = 0  # unambiguous grounded objects whose long expression is below it
+    shorts_below_min: int = 0  # short expressions of the chosen objects left out by it
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -401,14 +446,24 @@ def export_benchmark(
     jpeg_quality: int = 95,
     overwrite: bool = False,
     show_progress: bool = False,
+    min_grounding: float | None = None,
 ) -> BenchmarkExport:
     if select is not None and select < 1:
         raise SchemaError(f"--select must be at least 1, got {select}", field="select")
+    if min_grounding is not None and not 0.0 <= min_grounding <= 1.0:
+        raise SchemaError(f"--min-grounding must lie in [0, 1], got {min_grounding}", field="min_grounding")
     out_dir = Path(out_dir)
     rows = rows_of_split(run.expressions, split, rule)
-    eligible = [e for e in rows if not e.ambiguous]
+    unambiguous = [e for e in rows if not e.ambiguous]
+    ungrounded = below = 0
+    eligible = unambiguous
+    if min_grounding is not None:
+        ungrounded = sum(e.grounding is None for e in unambiguous)
+        below = sum(e.grounding is not None and e.grounding.scores[0].j_and_f < min_grounding for e in unambiguous)
+        eligible = [e for e in unambiguous if e.grounding is not None and e.grounding.scores[0].j_and_f >= min_grounding]
     if not eligible:
-        raise SchemaError(f"no unambiguous rows in split {split!r} to build a benchmark from", file=run.out)
+        gate = f" with grounding J&F >= {min_grounding:g}" if min_grounding is not None else ""
+        raise SchemaError(f"no unambiguous rows{gate} in split {split!r} to build a benchmark from", file=run.out)
     by_key = {e.key: e for e in eligible}
     files = video_files(eligible)
 
@@ -419,26 +474,43 @@ def export_benchmark(
         return [VideoJob(vid, str(run.input_root / files[vid].video), str(run.input_root / files[vid].annotation),
                          tuple(sorted(ids))) for vid, ids in sorted(objs.items())]
 
-    pool = pool_for_measuring([Candidate(e.video_id, e.object_id, category_of(e)) for e in eligible], select, seed)
-    check_files_exist(run.input_root, {c.video_id: files[c.video_id] for c in pool})  # before any long work
+    candidates = [Candidate(e.video_id, e.object_id, category_of(e),
+                            grounding_j_and_f=e.grounding.scores[0].j_and_f if e.grounding is not None else None)
+                  for e in eligible]
+    # Grounded first: the second tier is asked only for what the first cannot give, and
+    # select_balanced takes min(need, tier size), so both needs are known before measuring.
+    tiers, needs, left = [], [], select
+    for tier in ([c for c in candidates if c.grounded], [c for c in candidates if not c.grounded]):
+        if tier and (left is None or left > 0):
+            tiers.append(tier)
+            needs.append(left)
+            left = None if left is None else left - min(left, len(tier))
+    pools = [pool_for_measuring(tier, need, seed) for tier, need in zip(tiers, needs)]
+    measuring = [c for pool in pools for c in pool]
+    check_files_exist(run.input_root, {c.video_id: files[c.video_id] for c in measuring})  # before any long work
     speeds: dict[tuple[str, int], float] = {}
-    for measured in _run_jobs(measure_video, jobs_for(pool), workers, "measuring motion", show_progress):
+    for measured in _run_jobs(measure_video, jobs_for(measuring), workers, "measuring motion", show_progress):
         speeds.update({(measured.video_id, oid): s for oid, s in measured.speeds.items()})
-    measured_pool = [Candidate(c.video_id, c.object_id, c.category, motion_bucket(speeds[c.key]), speeds[c.key]) for c in pool]
-    chosen = select_balanced(measured_pool, select, seed)
+    chosen: list[Candidate] = []
+    for pool, need in zip(pools, needs):
+        measured_pool = [replace(c, motion=motion_bucket(speeds[c.key]), speed=speeds[c.key]) for c in pool]
+        chosen += select_balanced(measured_pool, need, seed)
+    chosen.sort(key=lambda c: c.key)
 
     _prepare_out_dir(out_dir, overwrite)
     written = {w.video_id: w for w in _run_jobs(partial(write_video, out_dir=str(out_dir), jpeg_quality=jpeg_quality),
                                                  jobs_for(chosen), workers, "writing frames", show_progress)}
     videos, mask_dict, selection = [], {}, []
-    anno_id = 0
+    anno_id = shorts_below = 0
     for vid in sorted(written):
         w = written[vid]
         expressions: list[RefExpression] = []
         for c in (c for c in chosen if c.video_id == vid):
             e = by_key[c.key]
             mask_dict[str(anno_id)] = w.masks[c.object_id]
-            for type_id, text in [(0, e.formated)] + [(1, s) for s in e.short_caps]:
+            shorts = benchmark_shorts(e, min_grounding)
+            shorts_below += len(e.short_caps) - len(shorts)
+            for type_id, text in [(0, e.formated)] + [(1, s) for s in shorts]:
                 expressions.append(RefExpression(str(len(expressions)), text, [c.object_id], [anno_id], type_id))
             selection.append({**asdict(c), "anno_id": anno_id})
             anno_id += 1
@@ -449,15 +521,24 @@ def export_benchmark(
         objects=len(chosen),
         videos=len(videos),
         expressions=sum(len(v.expressions) for v in videos),
-        excluded_ambiguous=len(rows) - len(eligible),
+        excluded_ambiguous=len(rows) - len(unambiguous),
         categories=dict(sorted(Counter(c.category for c in chosen).items())),
         motion={m: sum(c.motion == m for c in chosen) for m in MOTION_BUCKETS},
+        grounded=sum(c.grounded for c in chosen),
+        min_grounding=min_grounding,
+        excluded_ungrounded=ungrounded,
+        excluded_below_min=below,
+        shorts_below_min=shorts_below,
     )
     write_mask_dict(out_dir / "mask_dict.json", mask_dict)
     atomic_write_json(out_dir / "selection.json", {
         "source": str(run.out.resolve()), "split": split, "split_rule": rule.describe(), "seed": seed,
-        "requested": select, "candidates": len(eligible), "measured": len(pool),
+        "requested": select, "candidates": len(eligible), "measured": len(measuring),
         "excluded_ambiguous": result.excluded_ambiguous,
+        "grounding": {"preference": "grounded objects first, ungrounded only when those run out; ambiguous excluded",
+                      "min_grounding": min_grounding, "grounded_chosen": result.grounded,
+                      "excluded_ungrounded": ungrounded, "excluded_below_min_grounding": below,
+                      "short_expressions_below_min_grounding": shorts_below},
         "motion": {"definition": "median centroid travel over ~1 s of annotated frames / frame diagonal",
                    "thresholds": dict(zip(("static_below", "slow_below"), MOTION_THRESHOLDS))},
         "categories": result.categories, "motion_buckets": result.motion, "objects": selection,
@@ -511,7 +592,9 @@ def refsav_json_command(data, out_file, split, val_fraction, split_seed, allow_i
 @export_group.command("benchmark", short_help="Benchmark split in the Ref-SAV eval layout.")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Output folder of `refsav annotate`.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Benchmark folder to write.")
-@click.option("--select", default=None, type=click.IntRange(1), help="Number of objects (default: all unambiguous ones).")
+@click.option("--select", default=None, type=click.IntRange(1),
+              help="Number of objects (default: all unambiguous ones). Grounded objects are chosen first; "
+                   "ungrounded ones only when the grounded ones run out.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the selection.")
 @click.option("--split", default="validation", show_default=True, type=click.Choice(["train", "validation", "all"]),
               help="Videos to draw from (video-level split, as in `refsav publish`).")
@@ -519,14 +602,27 @@ def refsav_json_command(data, out_file, split, val_fraction, split_seed, allow_i
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Processes reading videos.")
 @click.option("--jpeg-quality", default=95, show_default=True, type=click.IntRange(50, 100), help="JPEG quality of the frames.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out.")
+@click.option("--min-grounding", default=None, type=click.FloatRange(0.0, 1.0), metavar="X",
+              help="Leave out expressions whose grounding J&F (refsav annotate --grounder) is below X: an object "
+                   "whose long expression is below X, and each short expression below X. Rows annotated without "
+                   "a grounder are then left out as well (counted in the summary). Default: no threshold; "
+                   "ungrounded rows are used after the grounded ones.")
 def benchmark_command(data, out_dir, select, seed, split, val_fraction, split_seed, allow_incomplete, workers, jpeg_quality,
-                      overwrite) -> None:
-    """Write a benchmark split in the Ref-SAV eval layout (scored by `refsav score --protocol refsav`)."""
+                      overwrite, min_grounding) -> None:
+    """Write a benchmark split in the Ref-SAV eval layout (scored by `refsav score --protocol refsav`).
+
+    Objects flagged ambiguous are never used; grounded objects are preferred to ungrounded ones."""
     run = load_annotated(data, allow_incomplete=allow_incomplete)
     r = export_benchmark(run, out_dir, select=select, seed=seed, split=split, rule=SplitRule(val_fraction, split_seed),
-                         workers=workers, jpeg_quality=jpeg_quality, overwrite=overwrite, show_progress=True)
+                         workers=workers, jpeg_quality=jpeg_quality, overwrite=overwrite, show_progress=True,
+                         min_grounding=min_grounding)
     if select is not None and r.objects < select:
-        click.echo(f"note: only {r.objects} unambiguous objects in the {split} split; {select} requested", err=True)
+        gate = f" with grounding J&F >= {min_grounding:g}" if min_grounding is not None else ""
+        click.echo(f"note: only {r.objects} unambiguous objects{gate} in the {split} split; {select} requested", err=True)
     motion = ", ".join(f"{m} {n}" for m, n in r.motion.items())
     click.echo(f"wrote {r.objects} objects ({r.expressions} expressions) of {r.videos} videos to {r.out_dir}")
     click.echo(f"  categories: {len(r.categories)}; motion: {motion}; ambiguous left out: {r.excluded_ambiguous}")
+    click.echo(f"  grounded objects: {r.grounded} of {r.objects}")
+    if min_grounding is not None:
+        click.echo(f"  --min-grounding {min_grounding:g} left out: {r.excluded_below_min} objects below it, "
+                   f"{r.excluded_ungrounded} ungrounded objects, {r.shorts_below_min} short expressions below it")

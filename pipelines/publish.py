@@ -5,7 +5,8 @@ Three steps, each checkable on its own:
 1. `build_dataset_folder` writes the repository folder: `data/<split>-XXXXX-of-YYYYY.parquet`
    (rows in the `Expression` Arrow schema) and a dataset card `README.md` whose YAML
    (`configs`, `dataset_info`) is produced by the `datasets` library itself, so it is
-   exactly what the Hub and `load_dataset` read.
+   exactly what the Hub and `load_dataset` read. When rows carry grounding, the card
+   embeds a histogram of grounding J&F, written beside it as `grounding_jf.png`.
 2. `validate_folder` loads the folder with `datasets.load_dataset` and compares splits,
    row counts, features and every row with what was written.
 3. `upload_dataset` creates the repository (`exist_ok`) and pushes the folder in one
@@ -39,7 +40,9 @@ import click
 from refsav.schemas.base import check_unique
 from refsav.schemas.errors import SchemaError
 from refsav.schemas.expression import Expression
-from refsav.schemas.io import atomic_write_text, read_json, read_parquet, sha256_file, write_parquet
+from refsav.schemas.io import atomic_path, atomic_write_text, read_json, read_parquet, sha256_file, write_parquet
+
+from .dataset_card import HISTOGRAM_FILE
 
 SPLITS = ("train", "validation")
 DEFAULT_VAL_FRACTION = 0.1
@@ -211,7 +214,7 @@ def build_dataset_folder(
     `note` is put at the top of the card's body."""
     import pyarrow as pa
 
-    from .dataset_card import CardInputs, dataset_stats, provenance_summary, render_card
+    from .dataset_card import CardInputs, dataset_stats, grounding_stats, histogram_png, provenance_summary, render_card
 
     if shard_rows < 1:
         raise SchemaError(f"rows per shard must be at least 1, got {shard_rows}", field="shard_rows")
@@ -244,6 +247,13 @@ def build_dataset_folder(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     result = BuiltDataset(folder, repo_id, tuple(built), download_size)
+    grounding = grounding_stats(run.expressions)
+    figure = folder / HISTOGRAM_FILE
+    if grounding.used:
+        with atomic_path(figure) as tmp:
+            tmp.write_bytes(histogram_png(grounding))
+    elif figure.exists():
+        figure.unlink()  # an earlier build's figure no longer describes the rows
     card = render_card(CardInputs(
         repo_id=repo_id,
         splits=result.splits,
@@ -256,6 +266,8 @@ def build_dataset_folder(
         run_summary=run.run.get("summary") if isinstance(run.run.get("summary"), dict) else {},
         license=license,
         note=note,
+        grounding=grounding,
+        histogram=HISTOGRAM_FILE if grounding.used else "",
     ))
     atomic_write_text(folder / "README.md", card)
     return result
@@ -266,9 +278,12 @@ def _mkdir(folder: Path) -> Path:
     return folder
 
 
+_CARD_FILES = ("README.md", HISTOGRAM_FILE)
+
+
 def _check_folder(folder: Path) -> None:
-    """Only a folder this command wrote (README.md + data/*.parquet) may be overwritten:
-    everything in the folder is uploaded, so stray files would be published too."""
+    """Only a folder this command wrote (README.md, the grounding figure, data/*.parquet) may
+    be overwritten: everything in the folder is uploaded, so stray files would be published too."""
     if not folder.exists():
         return
     if not folder.is_dir():
@@ -277,7 +292,10 @@ def _check_folder(folder: Path) -> None:
         if entry.name.startswith(".data.") and entry.is_dir():
             shutil.rmtree(entry)  # the staging folder of a build that was killed
             continue
-        if entry.name == "README.md" and entry.is_file():
+        if entry.is_file() and entry.name.endswith(".tmp") and any(entry.name.startswith(f".{n}.") for n in _CARD_FILES):
+            entry.unlink()  # a card or figure whose write was killed
+            continue
+        if entry.name in _CARD_FILES and entry.is_file():
             continue
         if entry.name == "data" and entry.is_dir() and all(p.suffix == ".parquet" and p.is_file() for p in entry.iterdir()):
             continue
@@ -447,7 +465,8 @@ def upload_dataset(
         folder_path=str(folder),
         repo_type="dataset",
         commit_message=message,
-        delete_patterns=["data/*"],
+        # The figure too: a republish without grounding must not leave the old one on the Hub.
+        delete_patterns=["data/*", HISTOGRAM_FILE],
     ), committed_already)
     commit = getattr(info, "commit_url", None) or getattr(info, "oid", None) or str(info)
     return UploadResult(repo_id, str(commit), n, again)
@@ -491,7 +510,11 @@ def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def publish_command(data: Path, repo_id: str, folder: Path | None, private: bool, dry_run: bool, val_fraction: float,
                     split_seed: int, shard_rows: int, license_: str, attempts: int, allow_incomplete: bool,
                     card_note: str) -> None:
-    """Publish an annotation run as a Hugging Face dataset: Parquet splits, a dataset card, one commit."""
+    """Publish an annotation run as a Hugging Face dataset: Parquet splits, a dataset card, one commit.
+
+    When rows carry grounding (refsav annotate --grounder), the card shows a histogram of the kept
+    expressions' grounding J&F (grounding_jf.png beside it, and its bin counts as a table) and the
+    counts dropped, removed and flagged by grounding; otherwise it says that no grounder was used."""
     run = load_annotated(data, allow_incomplete=allow_incomplete)
     folder = folder or data / "hub"
     rule = SplitRule(val_fraction, split_seed)

@@ -108,8 +108,14 @@ class _InProcess:
         if weights_sha256(folder) != spec.sha256:
             raise RefsavError("the grounder checkpoint changed since the run started (weights sha256 differs)",
                               file=folder)
-        dtype = torch.float32 if spec.device == "cpu" else torch.bfloat16
-        self.model = load_sa2va(folder, dtype=dtype, device=spec.device)
+        dtype = getattr(torch, spec.dtype)
+        try:
+            self.model = load_sa2va(folder, dtype=dtype, device=spec.device)
+        except RefsavError:
+            raise
+        except Exception as err:  # noqa: BLE001 - no such device, out of memory: one line, the shard fails
+            raise RefsavError(f"cannot load the grounder on {spec.device}: {type(err).__name__}: {err}",
+                              file=folder) from None
         self.options = _predict_options(spec.options())
         self.answer = spec.force_answer
         self.lock = threading.Lock()
@@ -146,8 +152,14 @@ class Sa2VASpec:
     def options(self) -> dict[str, Any]:
         return _options(self.inference, self.force_answer)
 
+    @property
+    def dtype(self) -> str:
+        # float32 on a CPU; bfloat16, Sa2VA's own precision, on a GPU.
+        return "float32" if self.device == "cpu" else "bfloat16"
+
     def fingerprint(self) -> dict[str, Any]:
-        return {"weights_sha256": self.sha256}
+        # The dtype changes the masks: a rerun on another kind of device is another plan.
+        return {"weights_sha256": self.sha256, "dtype": self.dtype}
 
     def check(self) -> None:
         if not (Path(self.path) / "config.json").is_file():
@@ -196,8 +208,9 @@ class ServeSpec:
     model: str  # the served model's id
     inference: str = "official"
     force_answer: str | None = None
+    dtype: str = "unknown"  # the served model's, as the server reports it
     api_key: str | None = None  # never recorded
-    max_in_flight: int = 4
+    max_in_flight: int = 2
     timeout: float = 600.0
     needs_gpu: bool = False  # the server's GPU, not the worker's
 
@@ -208,7 +221,7 @@ class ServeSpec:
         return _options(self.inference, self.force_answer)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"served_model": self.model}
+        return {"served_model": self.model, "dtype": self.dtype}
 
     def check(self) -> None:
         from refsav.model.serve_client import served_model
@@ -262,7 +275,8 @@ def resolve(args: GrounderArgs) -> GroundingSettings:
         api_key = args.api_key
         # The served model's id is part of the plan: ask now, before OUT is touched.
         card = served_model(value, None, api_key, timeout=min(args.timeout, 10.0))
-        spec = ServeSpec(url, card.id, args.inference, args.force_answer, api_key, args.max_in_flight, args.timeout)
+        spec = ServeSpec(url, card.id, args.inference, args.force_answer, card.dtype, api_key, args.max_in_flight,
+                         args.timeout)
     else:
         raise RefsavError(f"--grounder must be sa2va:CKPT or an http(s):// URL of refsav serve, got {value!r}")
     return GroundingSettings(spec, benchmark_scorer, args.min_grounding, args.ambiguity_margin, args.margin)

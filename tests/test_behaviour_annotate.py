@@ -42,5 +42,7 @@ def test_annotate_rows_and_counts_are_unchanged(tmp_path):
     for row in now:  # the fields that did not exist before
         assert row["provenance"].pop("stages") == STAGES_WITHOUT_CHECK
         assert row.pop("extra_answers") == {}
+        # Without --grounder the grounding fields are null, not zero.
+        assert row.pop("grounding") is None and row["provenance"].pop("grounder") is None
     assert sorted(now, key=lambda d: json.dumps(d, sort_keys=True)) == before
     assert summary_counts(out) == json.loads((FIXTURES / "annotate_summary.json").read_text())

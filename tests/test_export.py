@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from annotated_fixture import build_annotated
+from annotated_fixture import MIN_GROUNDING, build_annotated, long_score, short_score
 from refsav.benchmark.baselines import write_baseline
 from refsav.benchmark.inputs import RefVosGroundTruth
 from refsav.benchmark.protocols import VIDEO_PROTOCOLS
@@ -144,7 +144,7 @@ def test_benchmark_selection_is_deterministic_balanced_and_unambiguous(fx, tmp_p
     a = export_benchmark(run, tmp_path / "a", select=7, seed=5, split="all")
     b = export_benchmark(run, tmp_path / "b", select=7, seed=5, split="all", workers=2)
     sel_a, sel_b = (json.loads((tmp_path / d / "selection.json").read_text())["objects"] for d in "ab")
-    assert sel_a == sel_b and a.objects == 7
+    assert sel_a == sel_b and a.objects == b.objects == 7
     assert (tmp_path / "a" / "mask_dict.json").read_bytes() == (tmp_path / "b" / "mask_dict.json").read_bytes()
     assert (tmp_path / "a" / "meta_expressions_valid.json").read_bytes() == (tmp_path / "b" / "meta_expressions_valid.json").read_bytes()
     chosen = {(o["video_id"], o["object_id"]) for o in sel_a}
@@ -278,3 +278,92 @@ def test_rle_centroid_matches_the_decoded_mask():
                 continue
             ys, xs = np.nonzero(mask)
             assert got == pytest.approx((xs.mean(), ys.mean()), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- grounding
+
+
+@pytest.fixture(scope="module")
+def gfx(tmp_path_factory):
+    return build_annotated(tmp_path_factory.mktemp("grounded"), grounded=True)
+
+
+def _selected(folder) -> list[tuple[str, int]]:
+    return [(o["video_id"], o["object_id"]) for o in json.loads((folder / "selection.json").read_text())["objects"]]
+
+
+def test_benchmark_prefers_grounded_objects(gfx, tmp_path):
+    run = load_annotated(gfx.out)
+    unambiguous = [e.key for e in gfx.expressions if e.key not in gfx.ambiguous]
+    # The fixture grounds every video but the last one.
+    grounded = {(v, o) for v, o in unambiguous if v != gfx.video_ids[-1]}
+    ungrounded = set(unambiguous) - grounded
+    assert len(grounded) >= 5 and ungrounded
+    for n in (3, len(grounded)):
+        r = export_benchmark(run, tmp_path / f"g{n}", select=n, seed=1, split="all")
+        assert set(_selected(tmp_path / f"g{n}")) <= grounded and r.objects == r.grounded == n
+    # One more than the grounded ones: every grounded object, then one ungrounded.
+    r = export_benchmark(run, tmp_path / "more", select=len(grounded) + 1, seed=1, split="all")
+    chosen = set(_selected(tmp_path / "more"))
+    assert grounded < chosen and len(chosen - grounded) == 1 and chosen - grounded <= ungrounded
+    assert r.grounded == len(grounded) and r.excluded_ungrounded == 0  # no threshold: nothing left out for it
+    # Without a threshold an ungrounded row keeps all its short expressions.
+    meta = read_meta_expressions(tmp_path / "more" / "meta_expressions_valid.json")
+    rows = {e.key: e for e in gfx.expressions}
+    (extra,) = chosen - grounded
+    shorts = [x.exp for v in meta if v.video_id == extra[0] for x in v.expressions if x.obj_id == [extra[1]] and x.type_id == 1]
+    assert shorts == rows[extra].short_caps
+
+
+def test_benchmark_min_grounding_leaves_out_objects_and_shorts_below_it(gfx, tmp_path, capsys):
+    x = 0.6
+    truth = json.loads((gfx.sample / "Ref-SAV.json").read_text())
+    # Expected benchmark, from the fixture's score functions and the sample's own texts.
+    want, below, ungrounded, shorts_below = {}, 0, 0, 0
+    for vi, vid in enumerate(gfx.video_ids):
+        for oid in range(gfx.config.objects):
+            if (vid, oid) in gfx.dropped or (vid, oid) in gfx.ambiguous:
+                continue
+            if vi == len(gfx.video_ids) - 1:
+                ungrounded += 1
+                continue
+            if long_score(vi, oid) < x:
+                below += 1
+                continue
+            texts = truth[vid]["objects"][str(oid)]
+            kept = [(t, short_score(vi, oid, k)) for k, t in enumerate(texts["short_caps"])
+                    if short_score(vi, oid, k) >= MIN_GROUNDING]  # what the grounding stage kept
+            want[(vid, oid)] = [texts["formated"]] + [t for t, s in kept if s >= x]
+            shorts_below += sum(s < x for _, s in kept)
+    assert below and ungrounded and shorts_below and want
+
+    bench = tmp_path / "bench"
+    assert main(["export", "benchmark", "--data", str(gfx.out), "--out", str(bench), "--split", "all",
+                 "--min-grounding", str(x)]) == 0
+    out = capsys.readouterr().out
+    assert f"--min-grounding 0.6 left out: {below} objects below it, {ungrounded} ungrounded objects, " \
+           f"{shorts_below} short expressions below it" in out
+    assert f"grounded objects: {len(want)} of {len(want)}" in out
+    got = {}
+    for v in read_meta_expressions(bench / "meta_expressions_valid.json"):
+        for e in v.expressions:
+            got.setdefault((v.video_id, e.obj_id[0]), []).append((e.type_id, e.exp))
+    assert {k: [t for _, t in v] for k, v in got.items()} == want
+    assert all([tid for tid, _ in v] == [0] + [1] * (len(v) - 1) for v in got.values())
+    sel = json.loads((bench / "selection.json").read_text())
+    assert sel["grounding"]["min_grounding"] == x and sel["grounding"]["excluded_ungrounded"] == ungrounded
+    assert {(o["video_id"], o["object_id"]): o["grounding_j_and_f"] for o in sel["objects"]} == {
+        (v, o): long_score(gfx.video_ids.index(v), o) for v, o in want}
+
+    # Still a benchmark the scorer reads: a perfect prediction scores 100.
+    gt = RefVosGroundTruth.load(bench)
+    write_baseline(gt, tmp_path / "perfect.json", "perfect")
+    assert score_refvos(bench, tmp_path / "perfect.json", VIDEO_PROTOCOLS["refsav"]).totals["J&F"] == 100.0
+
+
+def test_min_grounding_on_ungrounded_rows_is_a_one_line_error(fx, capsys, tmp_path):
+    err = _one_line_error(capsys, ["export", "benchmark", "--data", str(fx.out), "--out", str(tmp_path / "b"),
+                                   "--split", "all", "--min-grounding", "0.5"])
+    assert "grounding J&F >= 0.5" in err
+    assert main(["export", "benchmark", "--data", str(fx.out), "--out", str(tmp_path / "c"), "--split", "all",
+                 "--min-grounding", "1.5"]) == 2

@@ -322,6 +322,35 @@ def test_stage_keeps_drops_and_trims_rows_with_a_stub_grounder(sav, vlm, tmp_pat
     assert comparable(rows(out2)) == comparable(rows(out))
 
 
+def test_auto_masklets_are_other_objects_with_masklets_both(sav, vlm, tmp_path):
+    """An auto masklet that duplicates a manual one (ids + 100) grounds as well as it: both
+    objects are flagged ambiguous with each other, with J&F 1 recorded."""
+    import dataclasses
+    import shutil
+
+    root = tmp_path / "sav"
+    shutil.copytree(sav, root)
+    for p in root.rglob("*_manual.json"):
+        d = json.loads(p.read_text())
+        d["masklet_id"] = [i + 100 for i in d["masklet_id"]]
+        d["masklet_type"] = ["auto"] * len(d["masklet_id"])
+        (p.parent / p.name.replace("_manual.json", "_auto.json")).write_text(json.dumps(d))
+    out = tmp_path / "out"
+    config = dataclasses.replace(stub_config(root, vlm, out), masklets="both")
+    annotate(root, out, config, InlineExecutor(), show_progress=False)
+    kept = {(e.video_id, e.object_id): e for e in rows(out)}
+    videos = sorted({p.name[: -len("_manual.json")] for p in root.rglob("*_manual.json")})
+    for video in videos:
+        first = min(masklets_of(root, video))
+        for oid, twin in ((first, first + 100), (first + 100, first)):
+            e = kept[(video, oid)]
+            assert e.grounding.scores[0].j_and_f == 1.0
+            assert e.ambiguous and twin in e.ambiguous_with
+            assert (twin, 1.0) in [(c.object_id, c.j_and_f) for c in e.grounding.confusable_with]
+            assert e.grounding.scores[0].best_other_id == twin
+    assert {k[1] for k in kept} == {min(masklets_of(root, v)) for v in videos} | {min(masklets_of(root, v)) + 100 for v in videos}
+
+
 def test_a_failing_grounder_loses_nothing_and_the_rerun_redoes_it(sav, vlm, tmp_path):
     out = tmp_path / "out"
     summary = annotate(sav, out, stub_config(sav, vlm, out, fail=True), InlineExecutor(), show_progress=False)
@@ -348,6 +377,26 @@ def test_unreachable_grounder_is_one_line_and_non_zero(sav, vlm, tmp_path):
     assert not (tmp_path / "out").exists()
     proc = run(annotate_cmd(sav, tmp_path / "out", vlm, "sa2va:" + str(tmp_path / "none"), "--workers", "1"))
     assert proc.returncode != 0 and "checkpoint folder not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_server_that_is_no_grounder_fails_each_object_and_exits_1(sav, vlm, tmp_path):
+    """A plain VLM server given as --grounder answers without masks: every object fails
+    with grounder_error and its cause, the run exits 1 saying how to resume, and the
+    rerun asks the VLM nothing again."""
+    with FakeVLMServer() as not_a_grounder:
+        out = tmp_path / "out"
+        cmd = annotate_cmd(sav, out, vlm, not_a_grounder.base_url, "--workers", "1")
+        proc = run(cmd)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "first error: " in proc.stderr and "no refsav field" in proc.stderr
+        assert "rerun the same command" in proc.stderr and "Traceback" not in proc.stderr
+        s = json.loads((out / "run.json").read_text())["summary"]
+        assert s["objects_dropped"] == {GROUNDER_ERROR: s["objects_seen"]} and s["objects_kept"] == 0
+        assert s["grounding"]["grounder"]["failed_calls"] == s["objects_seen"]
+        again = run(cmd)
+        assert again.returncode == 1
+        s = json.loads((out / "run.json").read_text())["summary"]
+        assert s["shards_resumed"] == 0 and s["vlm"]["calls"] == 0 and s["vlm"]["cache_hits"] > 0
 
 
 # ----------------------------------------------------------------------------- end to end with a tiny Sa2VA
@@ -405,7 +454,7 @@ def in_process(sav, vlm, tiny_dir, tmp_path_factory) -> Path:
 
 
 def test_in_process_sa2va_rows_match_the_scorer(in_process, sav, tiny_dir):
-    found = check_grounded_rows(in_process, sav, {"weights_sha256": weights_sha256(tiny_dir)})
+    found = check_grounded_rows(in_process, sav, {"weights_sha256": weights_sha256(tiny_dir), "dtype": "float32"})
     ident = found[0].provenance.grounder
     assert (ident.model, ident.endpoint) == (str(tiny_dir.resolve()), "in-process")
     assert ident.sha256 == weights_sha256(tiny_dir) == __import__("hashlib").sha256(
@@ -488,7 +537,7 @@ def test_through_refsav_serve_rows_match_the_scorer(serve_url, sav, vlm, tmp_pat
     out = tmp_path / "out"
     proc = run(annotate_cmd(sav, out, vlm, serve_url, "--workers", "1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    found = check_grounded_rows(out, sav, {"served_model": "tiny"})
+    found = check_grounded_rows(out, sav, {"served_model": "tiny", "dtype": "float32"})
     ident = found[0].provenance.grounder
     assert (ident.model, ident.sha256, ident.endpoint) == ("tiny", "", serve_url)
 
@@ -509,5 +558,5 @@ def test_on_a_dask_cluster_over_tcp(sav, vlm, tiny_dir, serve_url, in_process, t
     for out in (served, local):
         meta = json.loads((out / "run.json").read_text())
         assert meta["executor"] == "dask" and meta["scheduler"] == cluster.scheduler_address
-    check_grounded_rows(served, sav, {"served_model": "tiny"})
+    check_grounded_rows(served, sav, {"served_model": "tiny", "dtype": "float32"})
     assert comparable(rows(local)) == comparable(rows(in_process))

@@ -2,12 +2,14 @@
 `datasets`; the card; determinism; and the upload's retry / one-commit logic against a
 test double (no test reaches the Hub)."""
 import hashlib
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import huggingface_hub
+import numpy as np
 import pytest
 import yaml
 from huggingface_hub import errors as hub_errors
@@ -27,7 +29,7 @@ from refsav.pipelines.publish import (
 )
 from refsav.schemas import SchemaError
 from refsav.schemas.expression import Expression
-from refsav.schemas.io import rows_to_records
+from refsav.schemas.io import read_json, rows_to_records
 from refsav.schemas.version import __version__
 
 
@@ -91,6 +93,9 @@ def test_dry_run_folder_reloads_with_datasets(published, tmp_path):
         assert split_of.setdefault(r.video_id, name) == name
     assert split_of == assign_splits(fx.video_ids, SplitRule())
     assert sum(r.ambiguous for _, r in rows) == len(fx.ambiguous)
+    # Annotated without a grounder: the grounding columns are there, and null.
+    for split in ds.values():
+        assert {r["grounding"] is None and r["provenance"]["grounder"] is None for r in split} == {True}
 
 
 def test_card_holds_statistics_and_provenance(published):
@@ -116,6 +121,8 @@ def test_card_holds_statistics_and_provenance(published):
     assert "--val-fraction 0.1 --split-seed 0" in body
     assert 'load_dataset("refsav-test/ref-sav-synth")' in body
     assert str(fx.sample) not in body  # no local paths in a public card
+    grounding = body.split("## Grounding", 1)[1].split("\n## ", 1)[0]
+    assert "No grounder was used" in grounding and "![" not in grounding and "| J&F |" not in grounding
 
 
 def test_publish_is_deterministic_and_replaces_its_own_folder(published, tmp_path):
@@ -269,7 +276,8 @@ def test_upload_retries_transient_errors_and_commits_once(folder):
     uploads = [c[1] for c in hub.calls if c[0] == "upload_folder"]
     assert len(uploads) == 3 and len(hub.commits) == 1  # two failures, one commit
     assert uploads[-1]["repo_type"] == "dataset" and uploads[-1]["folder_path"] == str(folder)
-    assert uploads[-1]["delete_patterns"] == ["data/*"]  # stale remote shards go in the same commit
+    # Stale remote shards and a stale grounding figure go in the same commit.
+    assert uploads[-1]["delete_patterns"] == ["data/*", "grounding_jf.png"]
     assert folder_fingerprint(folder)[:16] in uploads[-1]["commit_message"]
     assert waits == [2.0, 2.0, 4.0]  # create: 1 retry; upload: 2 retries with doubling backoff
     assert result.attempts == 3 and not result.already_there and result.commit.endswith("/c0")
@@ -362,3 +370,130 @@ def test_card_note_and_commands_that_run(published, tmp_path):
         required = [p for p in command.params if isinstance(p, click.Option) and p.required]
         missing = [p.opts[0] for p in required if not set(p.opts) & set(words)]
         assert not missing, f"{line!r} lacks {missing}"
+
+
+# --------------------------------------------------------------------------- grounded rows
+
+
+@pytest.fixture(scope="module")
+def grounded(tmp_path_factory):
+    fx = build_annotated(tmp_path_factory.mktemp("grounded"), grounded=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub, "HfApi", _NoHub)
+        assert main(["publish", "--data", str(fx.out), "--repo-id", "o/grounded", "--dry-run"]) == 0
+    return fx, fx.out / "hub"
+
+
+def _kept_scores(fx) -> list[float]:
+    """J&F of every kept expression, read from the fixture's rows: long ones, then kept short ones."""
+    rows = [e for e in fx.expressions if e.grounding is not None]
+    assert rows and len(rows) < len(fx.expressions)  # grounded and ungrounded rows side by side
+    kept = [e.grounding.scores[0].j_and_f for e in rows]
+    for e in rows:
+        short = {sc.text: sc.j_and_f for sc in e.grounding.scores[1:]}
+        kept += [short[c] for c in e.short_caps]
+    return kept
+
+
+def _bars(png: Path) -> list[tuple[float, int]]:
+    """(x centre, height in pixels) of every bar in the figure, left to right."""
+    from PIL import Image
+
+    from refsav.pipelines.dataset_card import _BAR_RGB
+
+    with Image.open(png) as im:
+        im.verify()  # a complete, valid PNG
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+        rgb = np.asarray(im.convert("RGB"))
+    heights = (rgb == np.array(_BAR_RGB, dtype=rgb.dtype)).all(axis=2).sum(axis=0)
+    bars, start = [], None
+    for x, h in enumerate(list(heights) + [0]):
+        if h and start is None:
+            start = x
+        elif not h and start is not None:
+            bars.append(((start + x - 1) / 2, int(heights[start:x].max())))
+            start = None
+    return bars
+
+
+def test_grounded_card_histogram_figure_and_table_match_the_scores(grounded):
+    fx, folder = grounded
+    scores = np.asarray(_kept_scores(fx))
+    counts, _ = np.histogram(scores, bins=20, range=(0.0, 1.0))
+    assert counts.sum() == len(scores) and (counts > 0).sum() >= 5
+
+    _, body = _front_matter(folder / "README.md")
+    assert "![Grounding J&F of kept expressions](grounding_jf.png)" in body
+    table = re.findall(r"^\| \[(\d\.\d\d), (\d\.\d\d)[)\]] \| (\d+) \|$", body, flags=re.M)
+    assert [(float(a), float(b)) for a, b, _ in table] == [(i / 20, (i + 1) / 20) for i in range(20)]
+    assert [int(n) for *_, n in table] == counts.tolist()
+
+    # The image itself: one bar per non-empty bin, at its bin's place, as tall as its count.
+    bars = _bars(folder / "grounding_jf.png")
+    nonzero = np.flatnonzero(counts)
+    assert len(bars) == len(nonzero)
+    pitch = (bars[-1][0] - bars[0][0]) / (nonzero[-1] - nonzero[0])
+    px_per_count = max(h for _, h in bars) / counts.max()
+    for (x, h), i in zip(bars, nonzero):
+        assert abs(x - (bars[0][0] + (i - nonzero[0]) * pitch)) <= 1.5
+        assert abs(h - counts[i] * px_per_count) <= 1.5, (i, h, counts[i])
+
+
+def test_grounded_card_counts_by_reason(grounded):
+    fx, folder = grounded
+    _, body = _front_matter(folder / "README.md")
+    section = body.split("## Grounding", 1)[1].split("\n## ", 1)[0]
+    reasons = dict(re.findall(r"^\| (.+?) \| (\d+) \|$", section.split("Counts by reason", 1)[1], flags=re.M))
+    truth = read_json(fx.sample / "Ref-SAV.json")
+    grounded_rows = [e for e in fx.expressions if e.grounding is not None]
+    # Removed shorts: those the sample wrote for the object minus those the row kept.
+    removed = sum(len(truth[e.video_id]["objects"][str(e.object_id)]["short_caps"]) - len(e.short_caps)
+                  for e in grounded_rows)
+    assert removed > 0
+    dropped = [k for k, why in fx.drop_reasons.items() if why == "grounding_failed"]
+    assert dropped
+    assert int(reasons["objects dropped by grounding (`grounding_failed`: the long expression's J&F below the threshold)"]) == len(dropped)
+    assert int(reasons["objects dropped for another reason: `consistency_failed`"]) == len(fx.dropped) - len(dropped)
+    assert int(reasons["short expressions removed by grounding (failed on their own)"]) == removed
+    assert int(reasons["objects flagged ambiguous by grounding (`confusable_with`)"]) == len(fx.ambiguous)
+    assert int(reasons["objects kept with grounding"]) == len(grounded_rows)
+    assert int(reasons["objects kept without grounding (null)"]) == len(fx.expressions) - len(grounded_rows)
+    assert "synthetic/tiny-sa2va" in body and '"min_grounding":0.5' in body  # the grounder, under Provenance
+
+
+def test_grounded_rows_load_with_datasets_null_where_ungrounded(grounded, tmp_path):
+    fx, folder = grounded
+    ds = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    by_key = {e.key: e for e in fx.expressions}
+    seen = 0
+    for split in ds.values():
+        assert split.features == datasets.Features.from_arrow_schema(Expression.ARROW_SCHEMA)
+        for r in split:
+            e = by_key[(r["video_id"], r["object_id"])]
+            seen += 1
+            if e.grounding is None:
+                assert r["grounding"] is None and r["provenance"]["grounder"] is None  # null, not zeros
+                continue
+            g = r["grounding"]
+            assert [(s["kind"], s["j_and_f"], s["kept"]) for s in g["scores"]] == [
+                (s.kind, s.j_and_f, s.kept) for s in e.grounding.scores]
+            assert [c["object_id"] for c in g["confusable_with"]] == e.ambiguous_with
+            assert r["provenance"]["grounder"]["model"] == "synthetic/tiny-sa2va"
+    assert seen == len(fx.expressions)
+
+
+def test_grounded_publish_is_deterministic_and_an_ungrounded_rebuild_drops_the_figure(grounded, published, tmp_path):
+    fx, folder = grounded
+
+    def digest(d: Path) -> dict[str, str]:
+        return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+    again = tmp_path / "hub"
+    assert main(["publish", "--data", str(fx.out), "--repo-id", "o/grounded", "--folder", str(again), "--dry-run"]) == 0
+    assert digest(again) == digest(folder) and "grounding_jf.png" in digest(again)
+    # A figure left half-written by a killed build is cleared, not refused as a stray file.
+    (again / ".grounding_jf.png.abc123.tmp").write_bytes(b"partial")
+    plain, _ = published
+    assert main(["publish", "--data", str(plain.out), "--repo-id", "o/n", "--folder", str(again), "--dry-run"]) == 0
+    assert sorted(p.name for p in again.iterdir()) == ["README.md", "data"]

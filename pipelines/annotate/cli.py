@@ -27,8 +27,8 @@ class GrounderArgs:
     min_grounding: float = DEFAULT_MIN_GROUNDING
     ambiguity_margin: float = DEFAULT_AMBIGUITY_MARGIN
     margin: int = DEFAULT_MARGIN
-    max_in_flight: int = 4
-    timeout: float = 600.0
+    max_in_flight: int = 2  # objects per worker at the server at once (each sends its expressions in turn)
+    timeout: float = 600.0  # seconds per server request
 
 
 # How a --grounder value becomes the grounder and scorer objects. This package may not
@@ -183,6 +183,11 @@ def _report_failures(s: RunSummary, resume: str) -> None:
               help="Sa2VA inference mode of the grounder (recorded in the provenance).")
 @click.option("--grounder-api-key", default=None, envvar="REFSAV_API_KEY",
               help="Key of the `refsav serve` endpoint (or $REFSAV_API_KEY); never recorded.")
+@click.option("--grounder-max-in-flight", default=2, show_default=True, type=click.IntRange(1),
+              help="Objects per worker grounded at once by a `refsav serve` endpoint (keep workers x this under "
+                   "the server's --max-queue).")
+@click.option("--grounder-timeout", default=600.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Seconds per request to a `refsav serve` endpoint.")
 @click.option("--grounder-device", default=None, help="Device of an in-process grounder (default: cuda if visible, else cpu).")
 @click.option("--grounder-force-answer", default=None, hidden=True,
               help="Teacher-force the grounder's answer (e.g. 'Sure, [SEG].'): tests and speed runs only.")
@@ -190,8 +195,8 @@ def _report_failures(s: RunSummary, resume: str) -> None:
 def annotate_command(ctx, input_root, out, backend, base_url, model, check_model, check_base_url, no_check, stages, plugins,
                      highlight, masklets, workers, scheduler, limit, shard_size, max_in_flight, timeout, retries, backoff,
                      max_tokens, temperature, prompts_dir, cache_path, grounder, min_grounding, ambiguity_margin,
-                     grounding_margin, grounder_inference, grounder_api_key, grounder_device,
-                     grounder_force_answer) -> None:
+                     grounding_margin, grounder_inference, grounder_api_key, grounder_max_in_flight, grounder_timeout,
+                     grounder_device, grounder_force_answer) -> None:
     """Describe every SA-V masklet with a VLM in three stages and write Ref-SAV-style expressions.
 
     Rerun the same command to resume: finished shards are kept, the others are redone, with
@@ -209,7 +214,7 @@ def annotate_command(ctx, input_root, out, backend, base_url, model, check_model
             stage_list = (*stage_list, "grounding")
         grounding = _grounding(GrounderArgs(grounder, grounder_inference, grounder_api_key, grounder_force_answer,
                                             grounder_device, min_grounding, ambiguity_margin, grounding_margin,
-                                            max_in_flight, timeout))
+                                            grounder_max_in_flight, grounder_timeout))
     elif "grounding" in stage_list:
         raise click.UsageError("the grounding stage needs --grounder")
     vlm = VLMSettings(backend=backend, model=model, base_url=base_url, max_in_flight=max_in_flight, timeout=timeout,

@@ -156,8 +156,7 @@ class GroundingSettings:
 
     def identity(self) -> GrounderIdentity:
         model, sha256, endpoint, inference = self.grounder.identity()
-        settings = json.dumps({"options": self.grounder.options(), **self.policy()}, sort_keys=True,
-                              separators=(",", ":"))
+        settings = json.dumps(self.public(), sort_keys=True, separators=(",", ":"))
         return GrounderIdentity(model=model, sha256=sha256, endpoint=endpoint, inference=inference, settings=settings)
 
 
@@ -334,6 +333,7 @@ class GroundingRunner:
         self._fingerprint = {"model": settings.grounder.fingerprint(), "options": settings.grounder.options()}
         self._grounder: tuple[Grounder, threading.Semaphore] | None = None
         self._admit: asyncio.Semaphore | None = None
+        self._frames = _FrameStore()
 
     def _get_grounder(self) -> tuple[Grounder, threading.Semaphore]:
         if self._grounder is None:
@@ -401,12 +401,10 @@ class GroundingRunner:
         the masklets and the seconds the call took."""
         import time
 
-        from refsav.schemas.media import read_frames
-
         from refsav.schemas.errors import SchemaError
 
         try:
-            images = read_frames(obj.video.path, list(frames)) if frames else np.zeros((0, *size, 3), np.uint8)
+            images = self._frames.get(obj, frames, self.settings.margin) if frames else np.zeros((0, *size, 3), np.uint8)
         except SchemaError as err:
             raise GrounderError(f"cannot decode the frames to ground: {err}") from None
         grounder, slots = self._get_grounder()
@@ -428,6 +426,36 @@ class GroundingRunner:
                 if tuple(r.size) != size:
                     raise GrounderError(f"the grounder answered masks of {list(r.size)}, the video is {list(size)}")
         return answers, seconds
+
+
+class _FrameStore:
+    """Decoded frames of the last video grounded, shared by its objects.
+
+    The first object of a video to need the grounder decodes the frames of every object
+    of the video (the union of their spans and margins), so that the video is decoded
+    once, not once per object. One video is kept: at 1080p its annotated frames take
+    hundreds of MB. Two objects missing at once both decode (wasted work, same frames).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._path: str | None = None
+        self._frames: dict[int, np.ndarray] = {}
+
+    def get(self, obj: ObjectContext, frames: Sequence[int], margin: int) -> np.ndarray:
+        from refsav.schemas.media import decode_frames
+
+        path = obj.video.path
+        with self._lock:
+            if path == self._path and all(f in self._frames for f in frames):
+                return np.stack([self._frames[f] for f in frames])
+        wanted = set(frames)
+        for m in (obj.masklet, *obj.others):
+            wanted.update(grounding_frames(m, margin))
+        decoded = decode_frames(path, sorted(wanted))
+        with self._lock:
+            self._path, self._frames = path, decoded
+        return np.stack([decoded[f] for f in frames])
 
 
 class GroundExpressions:

@@ -207,7 +207,7 @@ def _run(input_root: Path, out: Path, config: AnnotateConfig, tasks: list[ShardT
             "executor": executor.name,
             "scheduler": executor.address,
             "config": json.loads(config.fingerprint()),
-            "summary": asdict(summary),
+            "summary": _summary_json(summary),
             "shards": [_shard_json(per_shard[i]) for i in sorted(per_shard)],
         }, indent=1)
 
@@ -228,6 +228,13 @@ def _run(input_root: Path, out: Path, config: AnnotateConfig, tasks: list[ShardT
     summary.first_error = _first_error(per_shard)
     save()
     return summary
+
+
+def _summary_json(summary: RunSummary) -> dict:
+    d = asdict(summary)
+    if isinstance(d.get("grounding"), dict):
+        d["grounding"].pop("j_and_f", None)  # per expression: in the shards' stats files
+    return d
 
 
 def _shard_json(outcome: ShardStats | ShardFailure) -> dict:
