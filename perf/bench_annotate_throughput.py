@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -388,10 +389,14 @@ class RunResult:
         return 1000 * sum(self.cpu_s.values()) / max(1, self.objects_kept)
 
 
+@functools.lru_cache(maxsize=1)
+def annotate_help() -> str:
+    return subprocess.run([sys.executable, "-m", "refsav", "annotate", "--help"], capture_output=True, text=True,
+                          cwd=ROOT).stdout
+
+
 def has_grounder_option() -> bool:
-    out = subprocess.run([sys.executable, "-m", "refsav", "annotate", "--help"], capture_output=True, text=True,
-                         cwd=ROOT)
-    return "--grounder " in out.stdout or "--grounder\n" in out.stdout
+    return "--grounder " in annotate_help() or "--grounder\n" in annotate_help()
 
 
 def annotate_args(data: Path, out: Path, vlm: ServerProcess, grounder: ServerProcess | None, workers: int,
@@ -405,6 +410,9 @@ def annotate_args(data: Path, out: Path, vlm: ServerProcess, grounder: ServerPro
         # Empty masks score low: --min-grounding 0 keeps every row, so that the rows are
         # the same with and without the grounder.
         args += ["--grounder", grounder.base_url, "--min-grounding", "0"]
+        if "--grounder-max-in-flight" in annotate_help():
+            # As for the VLM: each worker alone can fill the grounder's slots.
+            args += ["--grounder-max-in-flight", str(grounder.slots)]
     return args
 
 
@@ -795,8 +803,9 @@ def render_report(args, width, height, capacity, mif, runs, grounded, use_ground
                   f"{min(args.videos, args.grounded_videos) * args.objects} objects). It speaks the `refsav serve` "
                   f"protocol, takes {args.grounder_latency:g} s per request and has {args.grounder_slots} slots = "
                   f"{grounder.capacity:.0f} requests/s. It answers empty masks of the frame's size, and "
-                  "`--min-grounding 0` keeps every row. Grounding is one request per expression (long and each "
-                  "short), each carrying the object's frames as PNG data URLs:", "",
+                  "`--min-grounding 0` keeps every row; `--grounder-max-in-flight` is the grounder's slots. Grounding "
+                  "sends one request per expression (the long one and each short one), each carrying the object's "
+                  "frames as PNG data URLs:", "",
                   "| workers | shard size | VLM requests/s, steady (share of capacity) | grounder requests/s, steady "
                   "(share of its capacity) | grounder requests (frames, MB each) | wall s | CPU ms/object |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
