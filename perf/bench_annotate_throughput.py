@@ -729,7 +729,7 @@ def render_report(args, width, height, capacity, mif, runs, grounded, use_ground
     lines = [
         "## End-to-end annotation throughput against a simulated VLM server",
         "",
-        f"`make perf` (or `.venv/bin/python perf/bench_annotate_throughput.py`). Run {now} on {os.cpu_count()} cores "
+        f"`make perf` (or `.venv/bin/python perf/bench_annotate_throughput.py`). Finished {now} on {os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}), shared with other jobs: 1-minute load average "
         f"{load_start:.1f} at the start; each run's load is in its row.",
         "",
