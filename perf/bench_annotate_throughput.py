@@ -655,17 +655,18 @@ def main(argv: list[str] | None = None) -> int:
             for w, shard in plan:
                 r = run_annotate(clips, tmp / f"out_w{w}_s{shard}", vlm, None, w, mif, shard)
                 runs.append(r)
-                print(f"workers={w} shard-size={shard}: {r.vlm.steady_rps:.1f} req/s steady ({r.vlm.steady_rps / vlm.capacity:.0%} of "
-                      f"{vlm.capacity:.0f}), {r.vlm.whole_rps:.1f} whole run; {r.objects_kept}/{r.objects_seen} objects; "
-                      f"client {r.vlm_calls} requests, server {r.server_requests}; CPU {r.cpu_ms_per_object:.1f} ms/object",
+                print(f"workers={w} shard-size={shard}: {r.vlm.steady_rps:.1f} req/s steady "
+                      f"({r.vlm.steady_rps / vlm.capacity:.0%} of {vlm.capacity:.0f}), {r.vlm.whole_rps:.1f} whole "
+                      f"run; {r.objects_kept}/{r.objects_seen} objects; client {r.vlm_calls} requests, server "
+                      f"{r.server_requests}; CPU {r.cpu_ms_per_object:.1f} ms/object",
                       flush=True)
             if grounder is not None:
                 for w, shard in grounded_plan:
                     r = run_annotate(clips, tmp / f"out_g{w}_s{shard}", vlm, grounder, w, mif, shard,
                                      args.grounded_videos)
                     grounded.append(r)
-                    print(f"workers={w} shard-size={shard} + grounder: {r.vlm.steady_rps:.1f} VLM req/s steady, grounder "
-                          f"{r.grounder.steady_rps:.1f} req/s of {grounder.capacity:.0f}; {r.objects_kept}/"
+                    print(f"workers={w} shard-size={shard} + grounder: {r.vlm.steady_rps:.1f} VLM req/s steady, "
+                          f"grounder {r.grounder.steady_rps:.1f} req/s of {grounder.capacity:.0f}; {r.objects_kept}/"
                           f"{r.objects_seen} objects; grounder: client {r.grounder_calls} calls, server "
                           f"{r.grounder.requests} requests; CPU {r.cpu_ms_per_object:.1f} ms/object", flush=True)
             if args.profile:
@@ -701,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "bench_annotate_throughput", "capacity_rps": vlm.capacity,
             "runs": [{**asdict(r), "cpu_ms_per_object": r.cpu_ms_per_object} for r in runs],
             "grounded": [{**asdict(r), "cpu_ms_per_object": r.cpu_ms_per_object} for r in grounded],
-            "profile": asdict(profile) if profile else None, "profile_grounded": asdict(g_profile) if g_profile else None,
+            "profile": asdict(profile) if profile else None,
+            "profile_grounded": asdict(g_profile) if g_profile else None,
             "overhead": overhead,
         }, indent=1)
     return 0
@@ -723,14 +725,15 @@ def _profile_table(profile: Profile) -> list[str]:
     return lines
 
 
-def render_report(args, width, height, capacity, mif, runs, grounded, use_grounder, grounder, g_profile, profile, overhead,
-                  gen_s, total_s, load_start) -> list[str]:
+def render_report(args, width, height, capacity, mif, runs, grounded, use_grounder, grounder, g_profile, profile,
+                  overhead, gen_s, total_s, load_start) -> list[str]:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## End-to-end annotation throughput against a simulated VLM server",
         "",
-        f"`make perf` (or `.venv/bin/python perf/bench_annotate_throughput.py`). Finished {now} on {os.cpu_count()} cores "
-        f"({platform.processor() or platform.machine()}), shared with other jobs: 1-minute load average "
+        "`make perf` (or `.venv/bin/python perf/bench_annotate_throughput.py`). "
+        f"Finished {now} on {os.cpu_count()} cores ({platform.processor() or platform.machine()}), shared with "
+        "other jobs: 1-minute load average "
         f"{load_start:.1f} at the start; each run's load is in its row.",
         "",
         f"Simulated VLM: an OpenAI-compatible HTTP server in its own process on 127.0.0.1, {args.latency:g} s per "
@@ -753,7 +756,8 @@ def render_report(args, width, height, capacity, mif, runs, grounded, use_ground
             f"| {r.workers} | {r.shard_size} | **{r.vlm.steady_rps:.1f}** ({r.vlm.steady_rps / capacity:.0%}) "
             f"| {r.vlm.steady_busy:.0%} | {r.vlm.whole_rps:.1f} ({r.vlm.whole_rps / capacity:.0%}) "
             f"| {r.objects_kept}/{r.objects_seen} | {r.vlm_calls} / {r.server_requests} | {r.wall_s:.1f} "
-            f"| {r.cpu_ms_per_object:.1f} ({1000 * r.cpu_s['annotate'] / n:.1f} + {1000 * r.cpu_s['children'] / n:.1f}) "
+            f"| {r.cpu_ms_per_object:.1f} ({1000 * r.cpu_s['annotate'] / n:.1f} + "
+            f"{1000 * r.cpu_s['children'] / n:.1f}) "
             f"| {r.load_before:.1f}/{r.load_after:.1f} |")
     lines += [
         "",
@@ -816,7 +820,8 @@ def render_report(args, width, height, capacity, mif, runs, grounded, use_ground
                          f"| {r.wall_s:.1f} | {r.cpu_ms_per_object:.1f} |")
         if g_profile is not None:
             lines += ["", f"Where the time goes with the grounder: the same sampled 1-worker run with `--grounder`, on "
-                          f"{g_profile.objects} objects: {g_profile.wall_s:.1f} s, process CPU {g_profile.cpu_s:.1f} s = "
+                          f"{g_profile.objects} objects: {g_profile.wall_s:.1f} s, process CPU "
+                          f"{g_profile.cpu_s:.1f} s = "
                           f"**{1000 * g_profile.cpu_s / max(1, g_profile.objects):.0f} ms/object**.", "",
                       *_profile_table(g_profile)]
     else:
