@@ -823,7 +823,11 @@ def render_report(args, width, height, capacity, mif, runs, grounded, use_ground
                           f"{g_profile.objects} objects: {g_profile.wall_s:.1f} s, process CPU "
                           f"{g_profile.cpu_s:.1f} s = "
                           f"**{1000 * g_profile.cpu_s / max(1, g_profile.objects):.0f} ms/object**.", "",
-                      *_profile_table(g_profile)]
+                      *_profile_table(g_profile), "",
+                      "With the grounder, the annotate process is the bottleneck, not either server. Each request "
+                      "carries the object's frames as lossless full-size PNGs, and the request for each short "
+                      "expression sends them again. The openai client then serialises those megabytes as JSON, and "
+                      "the answer's RLE masks are decoded to pixels and encoded again."]
     else:
         lines.append("Grounder: not measured. This checkout's `refsav annotate` has no `--grounder` option. The "
                      "benchmark already has a simulated grounder: the `refsav serve` protocol, chat completions whose "
