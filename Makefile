@@ -34,6 +34,7 @@ perf: $(BIN)/.installed
 	$(BIN)/python perf/bench_scoring.py
 	$(BIN)/python perf/bench_annotate_overhead.py
 	$(BIN)/python perf/bench_predict_batching.py
+	$(BIN)/python perf/bench_annotate_throughput.py
 
 # What perf/gpu_session.sh needs on the GPU machine beyond its image (torch, transformers,
 # pytest, pyarrow are there): refsav itself, sam2 (pure Python, SAM2_BUILD_CUDA=0) and sam2's

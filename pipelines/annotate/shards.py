@@ -173,13 +173,23 @@ async def _annotate_shard(task: ShardTask) -> tuple[list[Expression], ShardStats
     failures: list[DroppedObject] = []
     seen = 0
     render_seconds = 0.0
+    # The shard's first video renders alone, so that its requests start as soon as possible:
+    # until then the server gets nothing from this worker (the previous shard has drained).
+    first_rendered = asyncio.Event()
 
     async def one_video(video: VideoInput) -> None:
         nonlocal seen, render_seconds
-        async with render_slots:
-            t0 = time.perf_counter()
-            prepared = await asyncio.to_thread(prepare_video, video, task.input_root, config)
-            render_seconds += time.perf_counter() - t0
+        first = video is task.videos[0]
+        if not first:
+            await first_rendered.wait()
+        try:
+            async with render_slots:
+                t0 = time.perf_counter()
+                prepared = await asyncio.to_thread(prepare_video, video, task.input_root, config)
+                render_seconds += time.perf_counter() - t0
+        finally:
+            if first:
+                first_rendered.set()
         if isinstance(prepared, SkippedVideo):
             skipped.append(prepared)
             return
