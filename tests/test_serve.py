@@ -239,11 +239,11 @@ def test_bad_requests_get_a_4xx_json_error_and_no_traceback(server, media):
     # Too large a body is refused from its Content-Length, before it is read: the client
     # sends only the headers, since the server may close while a body is still on the way
     # (a broken pipe for the sender, not an answer to check).
-    import http.client
+    from http.client import HTTPConnection
     from urllib.parse import urlsplit
 
     where = urlsplit(url)
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    conn = HTTPConnection(where.hostname, where.port, timeout=60)
     try:
         conn.putrequest("POST", "/v1/chat/completions")
         for k, v in {**auth, "Content-Type": "application/json",
