@@ -19,12 +19,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fake_vlm_server import FakeVLMServer
+from test_annotate import comparable, rows
 
 from refsav.grounding import benchmark_scorer, weights_sha256
 from refsav.pipelines.annotate.config import AnnotateConfig, VLMSettings
@@ -44,8 +45,6 @@ from refsav.pipelines.sample import SampleConfig, write_sample
 from refsav.runtime.executor import InlineExecutor
 from refsav.schemas import rle as rle_ops
 from refsav.schemas.errors import RefsavError
-from refsav.schemas.expression import Expression
-from refsav.schemas.io import read_parquet
 from refsav.schemas.rle import Rle
 from refsav.schemas.sav import read_sav_json
 from refsav.schemas.video import Masklet
@@ -92,20 +91,6 @@ def annotate_cmd(sav: Path, out: Path, vlm, grounder: str, *extra: str) -> list[
             "--grounder", grounder, "--grounder-force-answer", ANSWER, "--min-grounding", "0", *extra]
 
 
-def rows(out: Path) -> list[Expression]:
-    found = []
-    for shard in sorted((out / "data").glob("*.parquet")):
-        found += read_parquet(shard, Expression)
-    return found
-
-
-def comparable(expressions: list[Expression]) -> list[str]:
-    out = []
-    for e in expressions:
-        d = asdict(e)
-        d["provenance"].pop("created_at")
-        out.append(json.dumps(d, sort_keys=True))
-    return sorted(out)
 
 
 def masklets_of(sav: Path, video_id: str) -> dict[int, Masklet]:
