@@ -36,10 +36,10 @@ perf: $(BIN)/.installed
 	$(BIN)/python perf/bench_predict_batching.py
 	$(BIN)/python perf/bench_annotate_throughput.py
 
-# What perf/gpu_session.sh needs on the GPU machine beyond its image (torch, transformers,
-# pytest, pyarrow are there): refsav itself, sam2 (pure Python, SAM2_BUILD_CUDA=0) and sam2's
-# own needs, as wheels for the device's Python 3.12 (the pure-Python ones built here).
-GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 transformers==5.25.0 tokenizers==0.23.3
+# What perf/gpu_check.sh needs on the GPU machine beyond its image (torch, transformers,
+# pytest, pyarrow are there): refsav itself, pycocotools (refsav.schemas reads COCO masks),
+# sam2 (pure Python, SAM2_BUILD_CUDA=0) and sam2's own needs, as wheels for the device's Python 3.12 (the pure-Python ones built here).
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 transformers==5.25.0 tokenizers==0.23.3 pycocotools==2.0.11
 gpu-wheels: $(BIN)/.installed
 	rm -rf .whl && mkdir -p .whl
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w .whl . sam2==1.1.0 antlr4-python3-runtime==4.9.3 iopath==0.1.10

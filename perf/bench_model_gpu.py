@@ -32,6 +32,9 @@ and peak GPU memory of each, the speed-up, and whether the masks agree.
     python perf/bench_model_gpu.py --expressions 8 --batching-frames 8,32,128,256   # adds that table
     python perf/bench_model_gpu.py --expressions 8 --frames '' --batching-frames 32  # only the batching table
 
+Image latency (`--image-runs R`, default 5): R predictions of one image per model,
+forced answer; median and minimum milliseconds and peak GPU memory.
+
 Needs CUDA: without it, exits at once with a message (status 2). `--cpu-smoke
 --sizes tiny` runs the same code on CPU to check the script itself.
 """
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone-batch", type=int, default=1, help="frames per SAM-2 image-encoder batch")
     ap.add_argument("--expressions", type=int, default=0,
                     help="also time E expressions per video batched vs one at a time (0: off)")
+    ap.add_argument("--image-runs", type=int, default=5, help="image predictions timed per model (0: none)")
     ap.add_argument("--batching-frames", default="32,128", help="video lengths of the batching table")
     ap.add_argument("--workdir", default="perf/_model_ckpts", help="where the random checkpoints are written")
     ap.add_argument("--out", default=None, help="also write the Markdown table here")
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--inference: a comma list of official, sa2va-i; got {args.inference!r}")
     layout = "sa2va-i" if "sa2va-i" in modes else "sa2va"
     gpu = torch.cuda.get_device_name(device) if cuda else "CPU (smoke run)"
-    rows, batch_rows = [], []
+    rows, batch_rows, image_rows = [], [], []
     for size in parse_list(args.sizes, str):
         folder = Path(args.workdir) / f"{args.base}-{size}-{layout}"
         if not (folder / "config.json").is_file():
@@ -232,6 +236,23 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             print(f"# {r['model']} {mode} T={n} obj={n_obj}: LLM {r['llm_s']:.2f}s SAM {r['sam_s']:.2f}s "
                   f"({r['sam_fps']:.1f} fps) peak {r['peak_gib']:.2f} GiB", file=sys.stderr)
+        if args.image_runs > 0:
+            image = SyntheticVideo(1, height, width)[0]
+            times = []
+            for _ in range(args.image_runs):
+                sync()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                pred = sa2va.predict(prompt, image=image, answer="Sure, [SEG].", options=PredictOptions())
+                sync()
+                times.append(time.perf_counter() - t0)
+                if len(pred.masks) != 1:
+                    raise RuntimeError(f"image: {len(pred.masks)} masks for one [SEG]")
+            image_rows.append({"model": f"{args.base}-{size}", "median_s": float(np.median(times)),
+                               "min_s": min(times), "runs": len(times),
+                               "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")})
+            print(f"# {args.base}-{size} image: median {image_rows[-1]['median_s'] * 1000:.0f} ms", file=sys.stderr)
         if args.expressions > 0:
             for n in parse_list(args.batching_frames):
                 batch_rows.append(time_batching(sa2va, f"{args.base}-{size}", SyntheticVideo(n, height, width),
@@ -279,6 +300,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['single_peak_gib']:.2f} / {r['batched_peak_gib']:.2f} / {r['one_batch_peak_gib']:.2f} | "
                 f"{r['masks_equal']}, {r['one_batch_equal']} |"
             )
+    if image_rows:
+        lines += [
+            "",
+            f"Image prediction latency: one {height}x{width} image, forced answer \"Sure, [SEG].\" (tiles, LLM "
+            f"forward, SAM-2 encoder and decoder, mask at full size), {image_rows[0]['runs']} runs.",
+            "",
+            "| model | median ms | min ms | peak GPU GiB |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [f"| {r['model']} | {r['median_s'] * 1000:.0f} | {r['min_s'] * 1000:.0f} | {r['peak_gib']:.2f} |"
+                  for r in image_rows]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
