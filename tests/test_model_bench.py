@@ -30,7 +30,7 @@ def test_cpu_smoke_run_writes_the_table(tmp_path):
     # Both procedures (the default), every length, the [SEG] count asked for.
     assert [(r[2], r[3]) for r in rows] == [("official", "3"), ("official", "6"), ("sa2va-i", "3"), ("sa2va-i", "6")]
     assert all(r[4] == "2" for r in rows)
-    assert all(float(r[5]) > 0 and float(r[6]) > 0 for r in rows)  # LLM and SAM-2 seconds
+    assert all(float(r[5]) >= 0 and float(r[6]) > 0 for r in rows)  # LLM s (may round to 0.00), SAM-2 s
     assert (tmp_path / "ckpts" / "internvl-tiny-sa2va-i" / "config.json").is_file()
     image = [line for line in table.split("Image prediction latency")[1].splitlines() if line.startswith("| internvl")]
     assert len(image) == 1 and float(image[0].split("|")[2]) > 0  # median ms
